@@ -1,0 +1,83 @@
+"""Merging the score maps of several input scales into one (the paper's eq. 1-4)."""
+
+import keras
+from keras import ops
+
+FUSIONS = ("attention", "average", "max")
+RECALIBRATIONS = ("multiply", "add")
+
+
+@keras.saving.register_keras_serializable(package="keras_msattn")
+class ScaleFusion(keras.layers.Layer):
+    """Merges per-scale logits that lie on one grid.
+
+    - `"attention"`: `final = sum_s l^s * (P^s (*) wr)` where `l` are per-pixel scale
+      weights (softmax over scales, shared by all classes) and `wr` the per-pixel,
+      per-class recalibration, shared by all scales (Yang & Peng 2018, eq. 3-4).
+      With `recalibration="add"`, `P^s + wr` replaces `P^s * wr`; with
+      `recalibration=None` it is attention-to-scale's `sum_s l^s * P^s`.
+    - `"average"` / `"max"`: the mean / elementwise maximum over scales.
+
+    Every step is a 4-D elementwise op (no 5-D stacking), which keeps the merge on
+    TFLite's builtin, quantizable kernels.
+
+    Call arguments:
+        scale_logits: list of `S` tensors `(B, h, w, C)`.
+        scale_weights: `(B, h, w, S)`, only for `"attention"`.
+        recalibration: `(B, h, w, C)`, only when `recalibration` is set.
+
+    Args:
+        fusion: one of `"attention"`, `"average"`, `"max"`.
+        recalibration: `"multiply"`, `"add"` or `None` (attention only).
+    """
+
+    def __init__(self, fusion="attention", recalibration=None, **kwargs):
+        super().__init__(**kwargs)
+        if fusion not in FUSIONS:
+            raise ValueError(f"`fusion` must be one of {FUSIONS}, got {fusion!r}.")
+        if recalibration is not None and recalibration not in RECALIBRATIONS:
+            raise ValueError(
+                f"`recalibration` must be one of {RECALIBRATIONS} or None, got {recalibration!r}."
+            )
+        if recalibration is not None and fusion != "attention":
+            raise ValueError("`recalibration` only applies to fusion='attention'.")
+        self.fusion = fusion
+        self.recalibration = recalibration
+
+    def call(self, scale_logits, scale_weights=None, recalibration=None):
+        if self.fusion == "average":
+            merged = scale_logits[0]
+            for logits in scale_logits[1:]:
+                merged = merged + logits
+            return merged / float(len(scale_logits))
+        if self.fusion == "max":
+            merged = scale_logits[0]
+            for logits in scale_logits[1:]:
+                merged = ops.maximum(merged, logits)
+            return merged
+        if scale_weights is None:
+            raise ValueError("fusion='attention' needs `scale_weights`.")
+        if (recalibration is None) != (self.recalibration is None):
+            raise ValueError(
+                f"This layer was built with recalibration={self.recalibration!r}; pass "
+                "`recalibration` exactly when it is set."
+            )
+        merged = None
+        for index, logits in enumerate(scale_logits):
+            if self.recalibration == "multiply":
+                logits = logits * recalibration
+            elif self.recalibration == "add":
+                logits = logits + recalibration
+            weighted = scale_weights[..., index : index + 1] * logits
+            merged = weighted if merged is None else merged + weighted
+        return merged
+
+    def compute_output_shape(self, scale_logits_shape, scale_weights_shape=None, recalibration_shape=None):
+        return scale_logits_shape[0]
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "fusion": self.fusion,
+            "recalibration": self.recalibration,
+        }
