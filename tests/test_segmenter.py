@@ -1,0 +1,247 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_msattn import MultiScaleSegmenter, output_names
+from keras_msattn.backbones import BACKBONE_NAMES
+from keras_msattn.segmenter import default_scale_dilations
+
+
+def tiny(**kwargs):
+    """A small model with healthy activations at initialization: ResNet18-d8, 16-channel heads."""
+    options = dict(backbone="resnet18_d8", num_classes=4, head_channels=16)
+    options.update(kwargs)
+    return MultiScaleSegmenter(**options)
+
+
+def random_images(batch=2, height=64, width=64, seed=0):
+    return np.random.default_rng(seed).uniform(0, 255, (batch, height, width, 3)).astype("float32")
+
+
+def probe(model, names):
+    """The outputs of named layers, for checking the graph's intermediate values."""
+    return keras.Model(model.input, [model.get_layer(name).output for name in names])
+
+
+@pytest.mark.parametrize("backbone", BACKBONE_NAMES)
+def test_every_backbone_gives_logits_at_input_size(backbone):
+    model = MultiScaleSegmenter(backbone=backbone, num_classes=3, head_channels=8)
+    logits = model(random_images(1, 48, 56))
+    assert tuple(logits.shape) == (1, 48, 56, 3)
+    assert logits.dtype == "float32"
+
+
+@pytest.mark.parametrize(
+    "fusion, scales",
+    [
+        ("attention", (1.0, 0.5)),
+        ("attention_to_scale", (1.0, 0.5)),
+        ("average", (1.0, 0.5)),
+        ("max", (1.0, 0.5)),
+        (None, (1.0,)),
+        ("attention", (1.25, 1.0, 0.5)),
+    ],
+)
+def test_every_fusion_gives_logits_at_input_size(fusion, scales):
+    model = tiny(fusion=fusion, scales=scales)
+    # Odd sizes: the scales and grids do not divide them evenly.
+    assert tuple(model(random_images(2, 65, 71)).shape) == (2, 65, 71, 4)
+
+
+def test_paper_model_on_voc_crop():
+    model = MultiScaleSegmenter(backbone="vgg16_largefov", num_classes=21)
+    single = MultiScaleSegmenter(backbone="vgg16_largefov", num_classes=21, scales=(1.0,), fusion=None)
+    images = np.random.default_rng(1).integers(0, 256, (2, 321, 321, 3)).astype("uint8")
+    assert tuple(model(images).shape) == (2, 321, 321, 21)
+    assert model.backbone.count_params() == single.backbone.count_params()
+    maps = model.attention_maps(images[:1])
+    np.testing.assert_allclose(maps["scale_weights"].sum(-1), 1.0, atol=1e-5)
+
+
+def test_backbone_weights_are_shared_across_scales():
+    counts = {
+        scales: tiny(scales=scales, fusion="average" if len(scales) > 1 else None).backbone.count_params()
+        for scales in [(1.0,), (1.0, 0.5), (1.5, 1.0, 0.5)]
+    }
+    assert len(set(counts.values())) == 1
+    one, two = tiny(scales=(1.0,), fusion=None), tiny(scales=(1.0, 0.5), fusion="average")
+    # Average merge adds no weights at all: the same backbone and classifier serve both scales.
+    assert one.count_params() == two.count_params()
+    assert sum(layer.name == "backbone" for layer in two.layers) == 1
+
+
+def test_scale_weights_sum_to_one_and_recalibration_is_in_unit_interval():
+    model = tiny(num_classes=5)
+    maps = model.attention_maps(random_images(2, 64, 64))
+    assert maps["scale_weights"].shape == (2, 16, 16, 2)
+    np.testing.assert_allclose(maps["scale_weights"].sum(-1), 1.0, atol=1e-5)
+    assert maps["recalibration"].shape == (2, 16, 16, 5)
+    # A sigmoid: in (0, 1) up to float32 saturation, and exactly sigmoid(branch logits).
+    assert maps["recalibration"].min() >= 0.0 and maps["recalibration"].max() <= 1.0
+    recal, recal_logits = probe(model, ["recalibration", "recalibration_logits"])(random_images())
+    np.testing.assert_allclose(
+        np.asarray(recal), 1 / (1 + np.exp(-np.asarray(recal_logits))), rtol=1e-5, atol=1e-6
+    )
+    assert 0.05 < float(np.mean(np.asarray(recal))) < 0.95
+    assert set(maps["scale_logits"]) == {1.0, 0.5}
+    assert maps["scale_logits"][0.5].shape == (2, 16, 16, 5)
+
+
+@pytest.mark.parametrize("fusion, reduce", [("average", np.mean), ("max", np.max)])
+def test_average_and_max_merge_are_the_mean_and_max_of_scale_logits(fusion, reduce):
+    model = tiny(fusion=fusion)
+    merged, full, half = probe(
+        model, ["scale_fusion", "scale_1.0_logits_to_grid", "scale_0.5_logits_to_grid"]
+    )(random_images())
+    expected = reduce(np.stack([np.asarray(full), np.asarray(half)]), axis=0)
+    np.testing.assert_allclose(np.asarray(merged), expected, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(np.asarray(full), np.asarray(half))
+
+
+@pytest.mark.parametrize("recalibration", ["multiply", "add", None])
+def test_attention_merge_follows_equation_3(recalibration):
+    model = tiny(recalibration=recalibration)
+    names = ["scale_fusion", "scale_weights", "scale_1.0_logits_to_grid", "scale_0.5_logits_to_grid"]
+    if recalibration:
+        names.append("recalibration")
+    merged, weights, full, half, *recal = [np.asarray(t) for t in probe(model, names)(random_images())]
+    if recalibration == "multiply":
+        full, half = full * recal[0], half * recal[0]
+    elif recalibration == "add":
+        full, half = full + recal[0], half + recal[0]
+    expected = weights[..., :1] * full + weights[..., 1:] * half
+    np.testing.assert_allclose(merged, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_single_scale_is_backbone_plus_classifier():
+    model = tiny(scales=(1.0,), fusion=None)
+    images = random_images(1, 64, 64)
+    normalized = images[..., ::-1] - np.array([103.939, 116.779, 123.68], "float32")
+    scores = model.get_layer("classifier")(model.backbone(normalized)["stage4"])
+    expected = keras.ops.image.resize(scores, (64, 64), interpolation="bilinear")
+    np.testing.assert_allclose(np.asarray(model(images)), np.asarray(expected), atol=1e-4)
+
+
+def test_uint8_and_float_inputs_agree():
+    model = tiny()
+    images = np.random.default_rng(2).integers(0, 256, (1, 64, 64, 3)).astype("uint8")
+    np.testing.assert_allclose(
+        np.asarray(model(images)), np.asarray(model(images.astype("float32"))), atol=1e-5
+    )
+
+
+def test_deep_supervision_returns_final_and_each_scale():
+    model = tiny(deep_supervision=True)
+    outputs = model(random_images(1, 64, 64))
+    assert list(outputs) == output_names((1.0, 0.5)) == ["final", "scale_1.0", "scale_0.5"]
+    for value in outputs.values():
+        assert tuple(value.shape) == (1, 64, 64, 4) and value.dtype == "float32"
+    assert output_names((1.0,)) == ["final"]
+
+
+def test_deep_supervision_trains_with_one_plus_s_losses():
+    model = tiny(deep_supervision=True)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer="sgd", loss={name: loss for name in output_names(model.scales)})
+    labels = np.random.default_rng(3).integers(0, 4, (2, 64, 64))
+    history = model.fit(random_images(), {k: labels for k in output_names(model.scales)}, verbose=0)
+    assert {"final_loss", "scale_1.0_loss", "scale_0.5_loss"} <= set(history.history)
+
+
+def test_scale_dilations_default_to_the_paper():
+    assert default_scale_dilations((1.0, 0.5)) == (12, 2)
+    assert default_scale_dilations((1.0, 0.75, 0.5)) == (12, 6, 2)
+    model = tiny()
+    assert model.get_layer("scale_1.0_dilated_conv").dilation_rate == (12, 12)
+    assert model.get_layer("scale_0.5_dilated_conv").dilation_rate == (2, 2)
+    plain = tiny(scale_dilations=None)
+    assert plain.get_layer("scale_1.0_dilated_conv").dilation_rate == (1, 1)
+    swapped = tiny(scale_dilations=(2, 12))
+    assert swapped.get_layer("scale_0.5_dilated_conv").dilation_rate == (12, 12)
+
+
+def test_ablation_switches_change_the_graph():
+    names = {layer.name for layer in tiny().layers}
+    assert {"hypercolumn_stage1_conv", "recalibration", "scale_0.5_dilated_conv"} <= names
+    no_stages = {layer.name for layer in tiny(hypercolumn=False).layers}
+    assert "hypercolumn_stage1_conv" not in no_stages and "hypercolumn_stage4_conv" in no_stages
+    assert "recalibration" not in {layer.name for layer in tiny(recalibration=None).layers}
+    chen = {layer.name for layer in tiny(fusion="attention_to_scale").layers}
+    assert "scale_weights" in chen and "hypercolumn_stage4_conv" not in chen
+    assert "pyramid_pooling" in {layer.name for layer in tiny(pyramid_pooling=True).layers}
+
+
+def test_keras_file_round_trip_with_safe_mode(tmp_path):
+    model = tiny(deep_supervision=True, pyramid_pooling=True, recalibration="add")
+    images = random_images(1, 64, 64)
+    expected = model(images)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path, safe_mode=True)
+    assert isinstance(restored, MultiScaleSegmenter)
+    actual = restored(images)
+    for key in expected:
+        np.testing.assert_allclose(np.asarray(actual[key]), np.asarray(expected[key]), atol=1e-5)
+    assert restored.get_config() == model.get_config()
+    assert not any(isinstance(layer, keras.layers.Lambda) for layer in restored._flatten_layers())
+
+
+def test_config_round_trip():
+    model = tiny(scales=(1.25, 1.0, 0.5), scale_dilations=(12, 6, 2), recalibration=None)
+    clone = MultiScaleSegmenter.from_config(model.get_config())
+    assert clone.get_config() == model.get_config()
+    assert clone.count_params() == model.count_params()
+
+
+def test_nests_inside_a_functional_model():
+    inner = tiny()
+    images = keras.Input((64, 64, 3))
+    probabilities = keras.layers.Softmax(name="probabilities")(inner(images))
+    outer = keras.Model(images, probabilities)
+    batch = random_images(1, 64, 64)
+    np.testing.assert_allclose(
+        np.asarray(outer(batch)), np.asarray(keras.ops.softmax(inner(batch))), atol=1e-6
+    )
+    assert outer.count_params() == inner.count_params()
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_returns_float32_logits(policy):
+    keras.mixed_precision.set_dtype_policy(policy)
+    try:
+        model = tiny(deep_supervision=True)
+        outputs = model(random_images(1, 64, 64))
+        assert model.get_layer("scale_0.5_dilated_conv").compute_dtype == policy.split("_")[1]
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    for value in outputs.values():
+        assert value.dtype == "float32"
+        assert np.isfinite(np.asarray(value)).all()
+
+
+def test_rejects_images_smaller_than_the_scales_allow():
+    model = tiny()
+    assert model.min_input_side == 32
+    with pytest.raises(ValueError, match="at least 32x32"):
+        model(random_images(1, 24, 64))
+    with pytest.raises(ValueError, match="built for 64x64"):
+        tiny(input_shape=(64, 64, 3)).check_input_size(96, 96)
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        (dict(backbone="vgg19"), "backbone"),
+        (dict(fusion="sum"), "fusion"),
+        (dict(scales=()), "scales"),
+        (dict(scales=(1.0, 0.0)), "scales"),
+        (dict(scales=(1.0, 4.5)), "scales"),
+        (dict(num_classes=1), "num_classes"),
+        (dict(scale_dilations=(12,)), "scale_dilations"),
+        (dict(scales=(1.0,), fusion="attention"), "fusion"),
+        (dict(recalibration="scale"), "recalibration"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs, argument):
+    with pytest.raises(ValueError, match=f"`{argument}`|{argument}="):
+        tiny(**kwargs)
