@@ -73,6 +73,54 @@ def _run_summary(args):
     return 0
 
 
+# --- msattn data check ------------------------------------------------------
+
+
+def _add_data(subparsers):
+    parser = subparsers.add_parser("data", help="Dataset tools.")
+    actions = parser.add_subparsers(dest="data_command", required=True)
+    check = actions.add_parser(
+        "check", help="Find every missing or bad file of a dataset split up front."
+    )
+    check.add_argument(
+        "--dataset", required=True, help="voc2012, ade20k, tfds:NAME, folder or scale_digits"
+    )
+    check.add_argument("--data-dir", default=None, help="the dataset root")
+    check.add_argument(
+        "--split", default=None, help="the split to check (default: every split found)"
+    )
+    check.add_argument(
+        "--num-classes", type=int, default=None, help="class count for the label-range check"
+    )
+    check.set_defaults(run=_run_data_check)
+
+
+def _run_data_check(args):
+    from keras_msattn.data import folder
+    from keras_msattn.data.check import check_split
+    from keras_msattn.data.datasets import dataset_info
+
+    if args.split is not None:
+        splits = [args.split]
+    elif args.dataset == "folder":
+        splits = list(folder.available_splits(args.data_dir)) or ["all"]
+    else:
+        splits = list(dataset_info(args.dataset).splits)
+    problems, examples = [], 0
+    for split in splits:
+        result = check_split(args.dataset, split, args.data_dir, num_classes=args.num_classes)
+        problems += result.problems
+        examples += result.num_examples
+    for path, problem in problems:
+        print(f"{path}: {problem}")
+    where = f"{args.dataset} ({', '.join(str(s) for s in splits)})"
+    if problems:
+        print(f"{len(problems)} problem(s) in {examples} examples of {where}")
+        return 1
+    print(f"OK: {examples} examples of {where}, no problems found")
+    return 0
+
+
 # --- entry point ------------------------------------------------------------
 
 
@@ -82,6 +130,7 @@ def build_parser():
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_summary(subparsers)
+    _add_data(subparsers)
     return parser
 
 

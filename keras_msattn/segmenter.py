@@ -62,7 +62,9 @@ def default_scale_dilations(scales):
     for scale in scales:
         # Position of this scale between the largest (0) and the smallest (1), in log space.
         t = math.log(largest / scale) / math.log(largest / smallest) if largest > smallest else 0.0
-        dilations.append(int(round(PAPER_DILATIONS[0] * (PAPER_DILATIONS[1] / PAPER_DILATIONS[0]) ** t)))
+        dilations.append(
+            int(round(PAPER_DILATIONS[0] * (PAPER_DILATIONS[1] / PAPER_DILATIONS[0]) ** t))
+        )
     return tuple(dilations)
 
 
@@ -90,12 +92,13 @@ def _check_arguments(backbone, num_classes, scales, fusion, scale_dilations, rec
             f"fusion=None means a single-scale model; with `scales`={scales!r} choose one of "
             f"{FUSIONS[:-1]}."
         )
-    if scale_dilations not in ("auto", None):
-        if len(scale_dilations) != len(scales) or any(int(d) < 1 for d in scale_dilations):
-            raise ValueError(
-                "`scale_dilations` must be 'auto', None, or one positive dilation per scale "
-                f"({len(scales)} for scales={scales!r}); got {scale_dilations!r}."
-            )
+    if scale_dilations not in ("auto", None) and (
+        len(scale_dilations) != len(scales) or any(int(d) < 1 for d in scale_dilations)
+    ):
+        raise ValueError(
+            "`scale_dilations` must be 'auto', None, or one positive dilation per scale "
+            f"({len(scales)} for scales={scales!r}); got {scale_dilations!r}."
+        )
     if recalibration not in RECALIBRATIONS:
         raise ValueError(f"`recalibration` must be one of {RECALIBRATIONS}, got {recalibration!r}.")
 
@@ -210,7 +213,9 @@ class MultiScaleSegmenter(keras.Model):
         # backbone; keeps the concatenated hypercolumn a few hundred channels wide.
         stage_projections = {
             stage: (
-                layers.Conv2D(head_channels // 2, 1, use_bias=False, name=f"hypercolumn_{stage}_conv"),
+                layers.Conv2D(
+                    head_channels // 2, 1, use_bias=False, name=f"hypercolumn_{stage}_conv"
+                ),
                 layers.BatchNormalization(name=f"hypercolumn_{stage}_bn"),
                 layers.ReLU(name=f"hypercolumn_{stage}_relu"),
             )
@@ -355,7 +360,9 @@ class MultiScaleSegmenter(keras.Model):
         """Raises `ValueError` if this model cannot take `(height, width)` images."""
         _check_image_side(height, width, self._min_input_side, "input size")
         fixed_h, fixed_w = self.image_shape[:2]
-        if (fixed_h is not None and height != fixed_h) or (fixed_w is not None and width != fixed_w):
+        if (fixed_h is not None and height != fixed_h) or (
+            fixed_w is not None and width != fixed_w
+        ):
             raise ValueError(
                 f"This model was built for {fixed_h}x{fixed_w} inputs, got {height}x{width}."
             )

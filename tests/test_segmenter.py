@@ -50,7 +50,9 @@ def test_every_fusion_gives_logits_at_input_size(fusion, scales):
 
 def test_paper_model_on_voc_crop():
     model = MultiScaleSegmenter(backbone="vgg16_largefov", num_classes=21)
-    single = MultiScaleSegmenter(backbone="vgg16_largefov", num_classes=21, scales=(1.0,), fusion=None)
+    single = MultiScaleSegmenter(
+        backbone="vgg16_largefov", num_classes=21, scales=(1.0,), fusion=None
+    )
     images = np.random.default_rng(1).integers(0, 256, (2, 321, 321, 3)).astype("uint8")
     assert tuple(model(images).shape) == (2, 321, 321, 21)
     assert model.backbone.count_params() == single.backbone.count_params()
@@ -60,7 +62,9 @@ def test_paper_model_on_voc_crop():
 
 def test_backbone_weights_are_shared_across_scales():
     counts = {
-        scales: tiny(scales=scales, fusion="average" if len(scales) > 1 else None).backbone.count_params()
+        scales: tiny(
+            scales=scales, fusion="average" if len(scales) > 1 else None
+        ).backbone.count_params()
         for scales in [(1.0,), (1.0, 0.5), (1.5, 1.0, 0.5)]
     }
     assert len(set(counts.values())) == 1
@@ -101,10 +105,17 @@ def test_average_and_max_merge_are_the_mean_and_max_of_scale_logits(fusion, redu
 @pytest.mark.parametrize("recalibration", ["multiply", "add", None])
 def test_attention_merge_follows_equation_3(recalibration):
     model = tiny(recalibration=recalibration)
-    names = ["scale_fusion", "scale_weights", "scale_1.0_logits_to_grid", "scale_0.5_logits_to_grid"]
+    names = [
+        "scale_fusion",
+        "scale_weights",
+        "scale_1.0_logits_to_grid",
+        "scale_0.5_logits_to_grid",
+    ]
     if recalibration:
         names.append("recalibration")
-    merged, weights, full, half, *recal = [np.asarray(t) for t in probe(model, names)(random_images())]
+    merged, weights, full, half, *recal = [
+        np.asarray(t) for t in probe(model, names)(random_images())
+    ]
     if recalibration == "multiply":
         full, half = full * recal[0], half * recal[0]
     elif recalibration == "add":

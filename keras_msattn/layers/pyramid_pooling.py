@@ -33,7 +33,9 @@ class PyramidPooling(keras.layers.Layer):
         self.channels = int(channels)
         self.pools = [layers.AdaptiveAveragePooling2D((b, b), name=f"pool_{b}") for b in bins]
         self.projections = []
-        self.fuse_conv = layers.Conv2D(self.channels, 3, padding="same", use_bias=False, name="fuse_conv")
+        self.fuse_conv = layers.Conv2D(
+            self.channels, 3, padding="same", use_bias=False, name="fuse_conv"
+        )
         self.fuse_bn = layers.BatchNormalization(name="fuse_bn")
 
     def build(self, input_shape):
@@ -61,7 +63,9 @@ class PyramidPooling(keras.layers.Layer):
         branches = [features]
         for pool, (conv, bn) in zip(self.pools, self.projections, strict=True):
             pooled = keras.ops.relu(bn(conv(pool(features)), training=training))
-            branches.append(keras.ops.image.resize(pooled, (height, width), interpolation="bilinear"))
+            branches.append(
+                keras.ops.image.resize(pooled, (height, width), interpolation="bilinear")
+            )
         fused = self.fuse_conv(keras.ops.concatenate(branches, axis=-1))
         return keras.ops.relu(self.fuse_bn(fused, training=training))
 

@@ -14,9 +14,7 @@ INTERPOLATIONS = ("bilinear", "nearest")
 
 def _check_interpolation(interpolation):
     if interpolation not in INTERPOLATIONS:
-        raise ValueError(
-            f"`interpolation` must be one of {INTERPOLATIONS}, got {interpolation!r}."
-        )
+        raise ValueError(f"`interpolation` must be one of {INTERPOLATIONS}, got {interpolation!r}.")
 
 
 def scaled_size(size, scale):

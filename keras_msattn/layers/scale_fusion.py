@@ -72,7 +72,9 @@ class ScaleFusion(keras.layers.Layer):
             merged = weighted if merged is None else merged + weighted
         return merged
 
-    def compute_output_shape(self, scale_logits_shape, scale_weights_shape=None, recalibration_shape=None):
+    def compute_output_shape(
+        self, scale_logits_shape, scale_weights_shape=None, recalibration_shape=None
+    ):
         return scale_logits_shape[0]
 
     def get_config(self):
