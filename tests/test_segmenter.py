@@ -256,3 +256,20 @@ def test_rejects_images_smaller_than_the_scales_allow():
 def test_bad_arguments_name_the_argument(kwargs, argument):
     with pytest.raises(ValueError, match=f"`{argument}`|{argument}="):
         tiny(**kwargs)
+
+
+def test_runs_in_a_graph_with_unknown_image_size():
+    import tensorflow as tf
+
+    model = tiny()
+    forward = tf.function(
+        lambda images: model(images, training=False),
+        input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)],
+    )
+    for height, width in [(64, 64), (70, 81)]:
+        images = random_images(1, height, width)
+        np.testing.assert_allclose(
+            forward(images).numpy(), np.asarray(model(images)), rtol=1e-5, atol=1e-4
+        )
+    # predict() retraces for a new size; every size must work.
+    assert model.predict_on_batch(random_images(1, 48, 52)).shape == (1, 48, 52, 4)

@@ -9,6 +9,11 @@ Both read sizes from the tensors at run time, so one model takes any image size.
 import keras
 from keras import ops
 
+# `keras.ops.image.resize` checks `size > 0` in Python, which a graph with unknown
+# height/width (tf.function, SavedModel signatures) cannot evaluate; the backend
+# function behind it takes tensor sizes. Used only when the size is dynamic.
+from keras.src.backend import image as backend_image
+
 INTERPOLATIONS = ("bilinear", "nearest")
 
 
@@ -45,8 +50,10 @@ class ResizeByScale(keras.layers.Layer):
             size = (scaled_size(static_h, self.scale), scaled_size(static_w, self.scale))
         else:
             shape = ops.cast(ops.shape(images)[1:3], "float32")
-            size = ops.cast(ops.round(shape * self.scale), "int32")
-            size = (size[0], size[1])
+            size = ops.cast(ops.maximum(ops.round(shape * self.scale), 1.0), "int32")
+            return backend_image.resize(
+                images, (size[0], size[1]), interpolation=self.interpolation
+            )
         return ops.image.resize(images, size, interpolation=self.interpolation)
 
     def compute_output_shape(self, input_shape):
@@ -81,7 +88,9 @@ class ResizeToReference(keras.layers.Layer):
             size = (static_h, static_w)
         else:
             shape = ops.shape(reference)
-            size = (shape[1], shape[2])
+            return backend_image.resize(
+                images, (shape[1], shape[2]), interpolation=self.interpolation
+            )
         return ops.image.resize(images, size, interpolation=self.interpolation)
 
     def compute_output_shape(self, input_shape):
