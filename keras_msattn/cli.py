@@ -121,6 +121,190 @@ def _run_data_check(args):
     return 0
 
 
+# --- msattn evaluate / predict ----------------------------------------------
+
+
+def _crop(value):
+    # "513" or "513x385" (HxW); "model" (the bare flag) means the model's fixed input size.
+    if value == "model":
+        return value
+    parts = value.lower().split("x")
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        sizes = []
+    if len(sizes) not in (1, 2) or min(sizes, default=0) < 1:
+        raise argparse.ArgumentTypeError(f"expected a crop size like 513 or 513x385, got {value!r}")
+    return (sizes[0], sizes[-1])
+
+
+def _add_inference_options(parser):
+    parser.add_argument(
+        "--tta-scales",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="multi-scale testing, e.g. 0.75 1.0 1.25 (softmax probabilities are averaged)",
+    )
+    parser.add_argument("--flip", action="store_true", help="also average the flipped image")
+    parser.add_argument(
+        "--sliding-window",
+        type=_crop,
+        nargs="?",
+        const="model",
+        default=None,
+        metavar="CROP",
+        help="tile images with CROP windows (H or HxW; default: the model's fixed input size)",
+    )
+
+
+def _add_evaluate(subparsers):
+    parser = subparsers.add_parser(
+        "evaluate", help="mIoU, pixel accuracy and per-class IoU of a .keras model on a dataset."
+    )
+    parser.add_argument("model", help="the .keras model file")
+    parser.add_argument(
+        "--dataset", required=True, help="voc2012, ade20k, tfds:NAME, folder or scale_digits"
+    )
+    parser.add_argument("--data-dir", default=None, help="the dataset root")
+    parser.add_argument("--split", default=None, help="default: val (test for scale_digits)")
+    _add_inference_options(parser)
+    parser.add_argument("--max-images", type=int, default=None, help="score only the first N")
+    parser.add_argument(
+        "--out", default=None, help="JSON file (default: MODEL_eval_<dataset>_<split>.json)"
+    )
+    parser.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args):
+    from keras_msattn.evaluation import evaluate_saved_model, format_results
+
+    if args.max_images is not None and args.max_images < 1:
+        raise ValueError(f"--max-images must be a positive integer, got {args.max_images}")
+    results, path = evaluate_saved_model(
+        args.model,
+        args.dataset,
+        split=args.split,
+        data_dir=args.data_dir,
+        out=args.out,
+        tta_scales=tuple(args.tta_scales),
+        flip=args.flip,
+        sliding_window=args.sliding_window,
+        max_images=args.max_images,
+    )
+    print(f"{args.dataset} {results['split']}: {args.model}")
+    print(format_results(results))
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_predict(subparsers):
+    parser = subparsers.add_parser(
+        "predict", help="Segment image files: label, colour-mask, overlay and attention PNGs."
+    )
+    parser.add_argument("model", help="the .keras model file")
+    parser.add_argument("images", nargs="+", help="image files (any size; JPEG, PNG, ...)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--class-names", default=None, help="text file, one class name a line")
+    parser.add_argument(
+        "--no-attention", action="store_true", help="skip the attention and recalibration figures"
+    )
+    _add_inference_options(parser)
+    parser.set_defaults(run=_run_predict)
+
+
+def _run_predict(args):
+    from keras_msattn.prediction import predict_with_saved_model
+
+    results = predict_with_saved_model(
+        args.model,
+        args.images,
+        args.out,
+        class_names_file=args.class_names,
+        attention=not args.no_attention,
+        tta_scales=tuple(args.tta_scales),
+        flip=args.flip,
+        sliding_window=args.sliding_window,
+    )
+    print(f"wrote {sum(len(r) for r in results)} files for {len(results)} image(s) to {args.out}")
+    return 0
+
+
+# --- msattn train -----------------------------------------------------------
+
+
+def _add_train(subparsers):
+    parser = subparsers.add_parser(
+        "train",
+        help="Train from a recipe file; rerun the same command to resume.",
+        description="Train from a recipe (recipes/*.py). Outputs: config.json, backup/, "
+        "history.json, best.keras, model.keras, logs/ in --out. Rerunning the same "
+        "command resumes from the last finished epoch.",
+    )
+    parser.add_argument("recipe", help="path of a recipe .py file")
+    parser.add_argument("--variant", default=None, help="one of the recipe's VARIANTS")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a TrainConfig field (a Python literal, else a string); repeatable",
+    )
+    parser.add_argument("--data-dir", default=None, help="dataset root (overrides the recipe)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument(
+        "--strategy",
+        default="auto",
+        choices=("auto", "one_device", "mirrored", "multi_worker", "tpu"),
+    )
+    parser.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="mixed_float16 on GPU, mixed_bfloat16 elsewhere (logits and loss in float32)",
+    )
+    parser.set_defaults(run=_run_train)
+
+
+def _run_train(args):
+    from keras_msattn.training import TrainingDiverged, run_recipe
+
+    try:
+        run_recipe(
+            args.recipe,
+            variant=args.variant,
+            sets=args.sets,
+            out_dir=args.out,
+            data_dir=args.data_dir,
+            strategy=args.strategy,
+            mixed_precision=args.mixed_precision,
+        )
+    except TrainingDiverged as error:
+        print(f"msattn train: {error}", file=sys.stderr)
+        return 3
+    return 0
+
+
+# --- msattn export ----------------------------------------------------------
+
+
+def _add_export(subparsers):
+    from keras_msattn.export.command import add_export_arguments
+
+    parser = subparsers.add_parser(
+        "export",
+        help="SavedModel (TF Serving) or LiteRT .tflite (quantized), with a verification report.",
+    )
+    add_export_arguments(parser)
+    parser.set_defaults(run=_run_export)
+
+
+def _run_export(args):
+    from keras_msattn.export.command import run_export
+
+    return run_export(args)
+
+
 # --- entry point ------------------------------------------------------------
 
 
@@ -131,6 +315,10 @@ def build_parser():
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_summary(subparsers)
     _add_data(subparsers)
+    _add_evaluate(subparsers)
+    _add_predict(subparsers)
+    _add_train(subparsers)
+    _add_export(subparsers)
     return parser
 
 

@@ -1,0 +1,608 @@
+"""ScaleDigits: handwritten digits at very different sizes on real photographs.
+
+A small, embedded segmentation dataset that stresses scale: every image holds
+1 to 5 digits whose heights span more than 15x, so no single receptive field
+suits every object. It needs no download: everything comes from files shipped
+inside scikit-learn and scikit-image, and images are generated on the fly.
+
+How an image is made (all randomness from a numpy Generator seeded by
+``(seed, split, index)``, so the same arguments give byte-identical output):
+
+1. **Background.** A random square crop of one of the photographs in
+   `PHOTOS` (scikit-image's bundled images; grey ones are repeated to RGB),
+   resized to ``image_size x image_size`` and randomly flipped.
+2. **Digit shapes.** Real handwritten digits from ``sklearn.datasets.load_digits``
+   (1,797 8x8 samples by 43 writers). Each 8x8 sample is upsampled bicubically,
+   Gaussian-smoothed and thresholded into a smooth shape mask (at the highest
+   level that keeps its strokes whole, so strokes stay thin), cropped to the
+   ink and scaled to the drawn height (aspect ratio kept).
+3. **Sizes.** Each digit draws a size bucket with equal probability, then a
+   height log-uniformly inside the bucket. Heights lie in
+   ``[image_size / 16, 0.98 * image_size]`` (12 to 188 px at 192 px, 15.7x).
+   At most one digit per image is large (two would mostly hide each other), so
+   about 36 % of digits are small, 43 % medium and 21 % large.
+4. **Fill.** Each digit is filled with a texture cut from a *different*
+   photograph, its contrast reduced, and its mean colour set to a random RGB
+   colour at least `MIN_COLOR_DISTANCE` away from the mean colour of the image
+   under the digit's box. The colour depends only on the background, never on
+   the class, so colour does not give the class away, while a person can see
+   every digit. (Unshifted photo textures camouflage the digits.)
+5. **Placement.** Digits are pasted largest first, each at the least occupied
+   of several random positions that keep it inside the image. A later digit
+   overwrites earlier ones in the image, the label and the size map.
+
+Classes: 11. Class 0 is ``"background"``, class ``d + 1`` is digit ``d``
+(`CLASS_NAMES`). Labels hold no ignore pixels; `IGNORE_LABEL` is 255 as
+everywhere in the package.
+
+Splits: the 1,797 samples are partitioned once, stratified by digit, into
+disjoint train / val / test sets (70 / 15 / 15 %, fixed, independent of the
+seed); `split_sample_indices` returns them. Images of a split use only its
+samples. Default image counts are `DEFAULT_NUM_IMAGES` (train 100,000, val
+200, test 500); a fixed count makes evaluation deterministic.
+
+Size buckets (`size_bucket`, by the height in px of the digit's mask):
+``"small"`` below ``image_size / 6`` (32 px at 192), ``"large"`` above
+``image_size / 2`` (96 px at 192), ``"medium"`` in between (inclusive). The
+size map (``load(..., with_size_map=True)``) holds per pixel the bucket of the
+digit that is visible there: 0 background, 1 small, 2 medium, 3 large. It is
+nonzero exactly where the label is > 0.
+
+Per-bucket mIoU (`size_bucket_confusion`, `size_bucket_miou`): for bucket b the
+evaluation region is every pixel of a bucket-b digit plus every *background*
+pixel within a margin of one (a square dilation); pixels of digits of other
+buckets are left out. The margin is a quarter of the bucket's typical height
+(the geometric mean of its bounds; 5 / 14 / 34 px at 192 px), so the region
+is about as much context as object in every bucket and false positives next to
+a digit count against it. The confusion matrix over that region (ignore pixels
+excluded) gives the IoU of every class whose union is nonempty; their mean is
+the bucket's mIoU. Predicted digits far from any ground-truth digit count only
+in the overall mIoU.
+
+Example:
+
+```python
+from keras_msattn.data import scale_digits
+
+ds = scale_digits.load("train", seed=0, image_size=192)      # (image, label)
+val = scale_digits.load("val", with_size_map=True)           # (image, label, size_map)
+scale_digits.export_to_folder("digits_val", "val", n=200)
+```
+"""
+
+import dataclasses
+import functools
+import os
+import shutil
+import threading
+import uuid
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from keras_msattn.data.datasets import DatasetInfo
+
+NAME = "scale_digits"
+CLASS_NAMES = ("background", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9")
+NUM_CLASSES = len(CLASS_NAMES)
+IGNORE_LABEL = 255
+SPLITS = ("train", "val", "test")
+SPLIT_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
+DEFAULT_NUM_IMAGES = {"train": 100_000, "val": 200, "test": 500}
+DEFAULT_IMAGE_SIZE = 192
+SIZE_BUCKETS = ("small", "medium", "large")  # size-map values 1, 2, 3
+
+# scikit-image photographs shipped inside the package (verified to load with no
+# network). Background and digit texture always come from two different ones.
+PHOTOS = (
+    "astronaut",
+    "brick",
+    "camera",
+    "chelsea",
+    "coffee",
+    "coins",
+    "grass",
+    "gravel",
+    "immunohistochemistry",
+    "moon",
+    "motorcycle",  # left view of skimage.data.stereo_motorcycle()
+    "rocket",
+)
+
+# Heights and bucket thresholds as fractions of the image size.
+MIN_HEIGHT_FRACTION = 1 / 16
+MAX_HEIGHT_FRACTION = 0.98
+SMALL_BELOW_FRACTION = 1 / 6
+LARGE_ABOVE_FRACTION = 1 / 2
+MIN_COLOR_DISTANCE = 110.0  # RGB Euclidean, between digit and background means
+MIN_DIGITS, MAX_DIGITS = 1, 5
+
+_SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+_STREAM = 0x5CA1ED  # keeps these random streams apart from other uses of the seed
+_GLYPH_SIZE = 80  # canonical resolution of a smoothed glyph, px
+_GLYPH_SIGMA = 2.0
+_GLYPH_THRESHOLDS = (0.65, 0.6, 0.55, 0.5, 0.45, 0.4)
+_SMALL_THRESHOLDS = (0.65, 0.6, 0.55, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2)
+_PLACEMENT_TRIES = 20
+_LOCK = threading.Lock()
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleDigitsInfo(DatasetInfo):
+    """`DatasetInfo` plus the default image size, image counts and size buckets."""
+
+    image_size: int = DEFAULT_IMAGE_SIZE
+    num_images: dict = dataclasses.field(
+        default_factory=lambda: dict(DEFAULT_NUM_IMAGES), hash=False
+    )
+    size_buckets: tuple = SIZE_BUCKETS
+
+
+def info():
+    """Returns the dataset's `ScaleDigitsInfo` (11 classes, ignore label 255)."""
+    return ScaleDigitsInfo(NAME, NUM_CLASSES, CLASS_NAMES, IGNORE_LABEL, SPLITS)
+
+
+# === Sources (loaded once per process) ===
+
+
+@functools.cache
+def _digits():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return digits.images.astype(np.float32) / 16.0, digits.target.astype(np.int64)
+
+
+@functools.cache
+def _split_indices():
+    # Stratified by digit, fixed for all seeds: the split is a property of the dataset.
+    _, targets = _digits()
+    rng = np.random.default_rng([_STREAM, 1797])
+    parts = {split: [] for split in SPLITS}
+    for digit in range(10):
+        members = rng.permutation(np.flatnonzero(targets == digit))
+        n_train = round(len(members) * SPLIT_FRACTIONS["train"])
+        n_val = round(len(members) * SPLIT_FRACTIONS["val"])
+        parts["train"].append(members[:n_train])
+        parts["val"].append(members[n_train : n_train + n_val])
+        parts["test"].append(members[n_train + n_val :])
+    return {split: np.sort(np.concatenate(p)) for split, p in parts.items()}
+
+
+def split_sample_indices(split):
+    """Indices into ``sklearn.datasets.load_digits()`` that `split` draws digits from."""
+    _check_split(split)
+    return _split_indices()[split].copy()
+
+
+def load_photo(name):
+    """One of `PHOTOS` as a uint8 RGB array (grey photographs repeated to 3 channels)."""
+    if name not in PHOTOS:
+        raise ValueError(f"photo must be one of {PHOTOS}, got {name!r}")
+    return _photo(name)
+
+
+def _photo(name):
+    with _LOCK:  # parallel tf.data workers may ask for the same photo at once
+        return _load_photo_cached(name)
+
+
+@functools.cache
+def _load_photo_cached(name):
+    import skimage.data
+
+    image = (
+        skimage.data.stereo_motorcycle()[0]
+        if name == "motorcycle"
+        else getattr(skimage.data, name)()
+    )
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    return np.ascontiguousarray(image[..., :3].astype(np.uint8))
+
+
+def _topology(mask):
+    from scipy.ndimage import label
+
+    return label(mask)[1], label(np.pad(~mask, 1, constant_values=True))[1]
+
+
+@functools.cache
+def _glyph(sample_index):
+    """Smooth soft map of one digit sample cropped to its ink, and its threshold."""
+    from scipy.ndimage import gaussian_filter
+
+    images, _ = _digits()
+    padded = np.pad(images[sample_index], 1)
+    soft = np.asarray(
+        Image.fromarray(padded, mode="F").resize((_GLYPH_SIZE, _GLYPH_SIZE), Image.BICUBIC)
+    )
+    soft = gaussian_filter(soft, _GLYPH_SIGMA)
+    soft = soft / soft.max()
+    # The highest threshold that keeps the strokes' topology: thin strokes, no breaks.
+    reference = _topology(soft >= _GLYPH_THRESHOLDS[-1])
+    threshold = next(t for t in _GLYPH_THRESHOLDS if _topology(soft >= t) == reference)
+    rows = np.flatnonzero((soft >= threshold).any(axis=1))
+    cols = np.flatnonzero((soft >= threshold).any(axis=0))
+    return np.ascontiguousarray(soft[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]), threshold
+
+
+# === Sizes ===
+
+
+def height_range(image_size=DEFAULT_IMAGE_SIZE):
+    """(min, max) digit height in px for `image_size` (12, 188.16 at 192)."""
+    return image_size * MIN_HEIGHT_FRACTION, image_size * MAX_HEIGHT_FRACTION
+
+
+def size_thresholds(image_size=DEFAULT_IMAGE_SIZE):
+    """(small_below, large_above) heights in px: (32, 96) at 192."""
+    return image_size * SMALL_BELOW_FRACTION, image_size * LARGE_ABOVE_FRACTION
+
+
+def size_bucket(height, image_size=DEFAULT_IMAGE_SIZE):
+    """Size-map value of a digit `height` px tall: 1 small, 2 medium, 3 large."""
+    small_below, large_above = size_thresholds(image_size)
+    if height < small_below:
+        return 1
+    return 3 if height > large_above else 2
+
+
+def bucket_margins(image_size=DEFAULT_IMAGE_SIZE):
+    """Background margin in px around the digits of each bucket (evaluation region)."""
+    low, high = height_range(image_size)
+    small_below, large_above = size_thresholds(image_size)
+    bounds = ((low, small_below), (small_below, large_above), (large_above, high))
+    return tuple(max(1, round(0.25 * np.sqrt(a * b))) for a, b in bounds)
+
+
+def _draw_heights(rng, count, image_size):
+    # Equal-probability buckets, log-uniform inside; at most one large digit, since
+    # two would mostly hide each other.
+    low, high = height_range(image_size)
+    small_below, large_above = size_thresholds(image_size)
+    bounds = ((low, small_below), (small_below, large_above), (large_above, high))
+    heights = []
+    for _ in range(count):
+        bucket = int(rng.integers(2 if len(heights) and max(heights) > large_above else 3))
+        a, b = bounds[bucket]
+        heights.append(float(np.exp(rng.uniform(np.log(a), np.log(b)))))
+    return sorted(heights, reverse=True)
+
+
+# === Generation ===
+
+
+def _check_split(split):
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def _check_args(seed, image_size):
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)):
+        raise ValueError(f"image_size must be an integer, got {image_size!r}")
+    if image_size < 64:
+        raise ValueError(f"image_size must be at least 64, got {image_size}")
+
+
+def _random_crop(rng, photo, side, out_w, out_h):
+    h, w = photo.shape[:2]
+    side_h, side_w = min(side[0], h), min(side[1], w)
+    top = int(rng.integers(0, h - side_h + 1))
+    left = int(rng.integers(0, w - side_w + 1))
+    crop = photo[top : top + side_h, left : left + side_w]
+    return np.asarray(Image.fromarray(crop).resize((out_w, out_h), Image.BILINEAR))
+
+
+def _background(rng, photo, image_size):
+    h, w = photo.shape[:2]
+    side = int(rng.uniform(0.35, 1.0) * min(h, w))
+    image = _random_crop(rng, photo, (side, side), image_size, image_size)
+    return image[:, ::-1] if rng.random() < 0.5 else image
+
+
+def _digit_mask(sample_index, height):
+    glyph, threshold = _glyph(sample_index)
+    scale = height / glyph.shape[0]
+    out_h = max(2, round(glyph.shape[0] * scale))
+    out_w = max(2, round(glyph.shape[1] * scale))
+    soft = np.asarray(Image.fromarray(glyph, mode="F").resize((out_w, out_h), Image.BILINEAR))
+    mask = soft >= threshold
+    if scale < 1.0:
+        # Shrinking averages thin strokes below the threshold: lower it until the
+        # strokes are whole again (same components and holes, else same components).
+        target = _topology(glyph >= threshold)
+        chosen = connected = None
+        for t in (t for t in _SMALL_THRESHOLDS if t <= threshold):
+            topology = _topology(soft >= t)
+            if topology == target:
+                chosen = t
+                break
+            if connected is None and topology[0] == target[0]:
+                connected = t
+        chosen = chosen or connected or _SMALL_THRESHOLDS[-1]
+        mask = soft >= chosen
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+def _target_color(rng, reference):
+    # Uniform in a cube with headroom for the texture; colour is independent of the class.
+    best, best_distance = None, -1.0
+    for _ in range(64):
+        color = rng.uniform(30.0, 225.0, size=3)
+        distance = float(np.linalg.norm(color - reference))
+        if distance >= MIN_COLOR_DISTANCE:
+            return color
+        if distance > best_distance:
+            best, best_distance = color, distance
+    return best
+
+
+def generate(split, index, *, seed=0, image_size=DEFAULT_IMAGE_SIZE):
+    """One ScaleDigits example, as numpy arrays.
+
+    Args:
+        split: "train", "val" or "test".
+        index: non-negative image index within the split.
+        seed: non-negative integer; the same (seed, split, index, image_size)
+            gives byte-identical output.
+        image_size: side of the square image in px.
+
+    Returns:
+        ``(image, label, size_map, digits)``: uint8 (S, S, 3), int32 (S, S) with
+        values 0..10, uint8 (S, S) with values 0..3, and one dict per pasted digit
+        in paste order with keys ``sample_index``, ``digit``, ``height``,
+        ``width``, ``bucket`` (1..3), ``top``, ``left``, ``color`` and
+        ``background_color`` (mean RGB of the image under its box before pasting).
+    """
+    _check_split(split)
+    _check_args(seed, image_size)
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
+        raise ValueError(f"index must be a non-negative integer, got {index!r}")
+    rng = np.random.default_rng([_STREAM, int(seed), _SPLIT_IDS[split], int(index)])
+    samples = _split_indices()[split]
+    _, targets = _digits()
+
+    background_id = int(rng.integers(len(PHOTOS)))
+    image = _background(rng, _photo(PHOTOS[background_id]), image_size).astype(np.float32)
+    label = np.zeros((image_size, image_size), np.int32)
+    size_map = np.zeros((image_size, image_size), np.uint8)
+
+    count = int(rng.integers(MIN_DIGITS, MAX_DIGITS + 1))
+    heights = _draw_heights(rng, count, image_size)
+    digits = []
+    for height in heights:
+        sample_index = int(samples[rng.integers(len(samples))])
+        mask = _digit_mask(sample_index, height)
+        h, w = mask.shape
+        # The least occupied of a few positions, so small digits are rarely hidden.
+        best = None
+        for _ in range(_PLACEMENT_TRIES):
+            top = int(rng.integers(0, image_size - h + 1))
+            left = int(rng.integers(0, image_size - w + 1))
+            overlap = np.count_nonzero(label[top : top + h, left : left + w][mask])
+            if best is None or overlap < best[0]:
+                best = (overlap, top, left)
+            if overlap == 0:
+                break
+        _, top, left = best
+        box = (slice(top, top + h), slice(left, left + w))
+
+        # Texture from another photograph, re-coloured away from what lies under the digit.
+        texture_id = int(rng.integers(len(PHOTOS) - 1))
+        texture_photo = _photo(PHOTOS[texture_id + (texture_id >= background_id)])
+        side = int(rng.uniform(0.15, 0.6) * min(texture_photo.shape[:2]))
+        texture = _random_crop(rng, texture_photo, (side, max(1, side * w // h)), w, h)
+        texture = texture.astype(np.float32)[mask]
+        reference = image[box].reshape(-1, 3).mean(axis=0)
+        color = _target_color(rng, reference)
+        contrast = rng.uniform(0.3, 0.6)
+        fill = (texture - texture.mean(axis=0)) * contrast + color
+
+        image[box][mask] = fill
+        digit = int(targets[sample_index])
+        label[box][mask] = digit + 1
+        bucket = size_bucket(h, image_size)
+        size_map[box][mask] = bucket
+        digits.append(
+            {
+                "sample_index": sample_index,
+                "digit": digit,
+                "height": h,
+                "width": w,
+                "bucket": bucket,
+                "top": top,
+                "left": left,
+                "color": tuple(float(c) for c in color),
+                "background_color": tuple(float(c) for c in reference),
+            }
+        )
+    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    return image, label, size_map, digits
+
+
+# === tf.data ===
+
+
+def load(
+    split,
+    seed=0,
+    *,
+    image_size=DEFAULT_IMAGE_SIZE,
+    num_images=None,
+    with_size_map=False,
+):
+    """ScaleDigits `split` as an unbatched, lazily generated ``tf.data.Dataset``.
+
+    Args:
+        split: "train", "val" or "test".
+        seed: non-negative integer; same seed -> byte-identical images and labels.
+        image_size: side of the square images in px (default 192). Train with a
+            crop size no larger than this.
+        num_images: images in the split; default `DEFAULT_NUM_IMAGES[split]`
+            (train 100,000, val 200, test 500). Element ``i`` is always image ``i``.
+        with_size_map: also yield the uint8 size map (0 background, 1 small,
+            2 medium, 3 large) for per-bucket evaluation.
+
+    Returns:
+        A dataset of ``(image uint8 (S, S, 3), label int32 (S, S))``, or of
+        ``(image, label, size_map uint8 (S, S))`` with `with_size_map`, in index
+        order (parallel generation, deterministic order).
+    """
+    import tensorflow as tf
+
+    _check_split(split)
+    _check_args(seed, image_size)
+    if num_images is None:
+        num_images = DEFAULT_NUM_IMAGES[split]
+    if (
+        isinstance(num_images, bool)
+        or not isinstance(num_images, (int, np.integer))
+        or num_images < 1
+    ):
+        raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
+    seed, image_size = int(seed), int(image_size)
+
+    def make(index):
+        image, label, size_map, _ = generate(split, int(index), seed=seed, image_size=image_size)
+        return (image, label, size_map) if with_size_map else (image, label)
+
+    types = (tf.uint8, tf.int32, tf.uint8) if with_size_map else (tf.uint8, tf.int32)
+
+    def to_example(index):
+        outputs = tf.numpy_function(make, [index], types, stateful=False)
+        outputs[0].set_shape((image_size, image_size, 3))
+        for tensor in outputs[1:]:
+            tensor.set_shape((image_size, image_size))
+        return tuple(outputs)
+
+    return tf.data.Dataset.range(int(num_images)).map(
+        to_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+
+
+# === Folder export ===
+
+
+def _write_png(array, path):
+    Image.fromarray(array).save(path, format="PNG")
+
+
+def export_to_folder(out_dir, split, n, seed=0, image_size=DEFAULT_IMAGE_SIZE, overwrite=False):
+    """Writes `n` images of `split` as a folder dataset, atomically.
+
+    Layout (the flat layout of `keras_msattn.data.folder`, read with split
+    "all"): ``out_dir/images/{split}_{i:06d}.png`` (RGB),
+    ``out_dir/masks/{split}_{i:06d}.png`` (8-bit grayscale, value = class index)
+    and ``out_dir/classes.txt`` (one class name a line, class 0 first). Everything
+    is written into a temporary sibling folder that is renamed into place at the
+    end, so `out_dir` either is complete or does not appear.
+
+    Returns:
+        The `out_dir` Path.
+    """
+    _check_split(split)
+    _check_args(seed, image_size)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ValueError(f"out_dir {str(out_dir)!r} already exists and is not empty")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        (tmp / "images").mkdir(parents=True)
+        (tmp / "masks").mkdir()
+        (tmp / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+        for i in range(int(n)):
+            image, label, _, _ = generate(split, i, seed=seed, image_size=image_size)
+            stem = f"{split}_{i:06d}"
+            _write_png(image, tmp / "images" / f"{stem}.png")
+            _write_png(label.astype(np.uint8), tmp / "masks" / f"{stem}.png")
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+# === Per-bucket evaluation ===
+
+
+def size_bucket_confusion(
+    labels,
+    predictions,
+    size_maps,
+    *,
+    num_classes=NUM_CLASSES,
+    image_size=DEFAULT_IMAGE_SIZE,
+    ignore_label=IGNORE_LABEL,
+):
+    """Confusion matrices of the small / medium / large evaluation regions.
+
+    Args:
+        labels, predictions: int arrays (H, W) or (N, H, W) of class indices.
+        size_maps: uint8 size maps of the same shape (0 background, 1..3 buckets).
+        image_size: the size the images were generated at; sets the margins.
+
+    Returns:
+        int64 array (3, num_classes, num_classes): ``[b, true, predicted]`` pixel
+        counts over bucket ``b + 1``'s region (see the module docstring).
+    """
+    from scipy.ndimage import maximum_filter
+
+    labels = np.asarray(labels)
+    predictions = np.asarray(predictions)
+    size_maps = np.asarray(size_maps)
+    if labels.shape != predictions.shape or labels.shape != size_maps.shape:
+        raise ValueError(
+            "labels, predictions and size_maps must have the same shape, got "
+            f"{labels.shape}, {predictions.shape}, {size_maps.shape}"
+        )
+    if labels.ndim == 2:
+        labels, predictions, size_maps = labels[None], predictions[None], size_maps[None]
+    if labels.ndim != 3:
+        raise ValueError(f"labels must be (H, W) or (N, H, W), got shape {labels.shape}")
+    confusion = np.zeros((3, num_classes, num_classes), np.int64)
+    valid = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
+    predictions = np.clip(predictions, 0, num_classes - 1).astype(np.int64)
+    for b, margin in enumerate(bucket_margins(image_size)):
+        in_bucket = size_maps == b + 1
+        near = maximum_filter(in_bucket, size=(1, 2 * margin + 1, 2 * margin + 1))
+        region = valid & (in_bucket | (near & (labels == 0)))
+        flat = labels[region].astype(np.int64) * num_classes + predictions[region]
+        confusion[b] = np.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
+    return confusion
+
+
+def miou_from_confusion(confusion):
+    """Mean IoU over the classes whose union is nonempty (nan if none)."""
+    confusion = np.asarray(confusion, np.float64)
+    true_positive = np.diag(confusion)
+    union = confusion.sum(axis=0) + confusion.sum(axis=1) - true_positive
+    present = union > 0
+    if not present.any():
+        return float("nan")
+    return float(np.mean(true_positive[present] / union[present]))
+
+
+def size_bucket_miou(labels, predictions, size_maps, **kwargs):
+    """``{"small": mIoU, "medium": mIoU, "large": mIoU}``; kwargs as `size_bucket_confusion`.
+
+    To evaluate a whole split, sum `size_bucket_confusion` over batches and apply
+    `miou_from_confusion` to each bucket instead.
+    """
+    confusion = size_bucket_confusion(labels, predictions, size_maps, **kwargs)
+    return {name: miou_from_confusion(confusion[b]) for b, name in enumerate(SIZE_BUCKETS)}

@@ -1,0 +1,307 @@
+import socket
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.ndimage import binary_dilation
+
+from keras_msattn.data import scale_digits as sd
+
+
+@pytest.fixture(scope="module")
+def val_examples():
+    return [sd.generate("val", i, seed=0) for i in range(200)]
+
+
+def _digits_of(examples):
+    return [d for _, _, _, digits in examples for d in digits]
+
+
+def test_photos_load_without_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network access in a test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    sd._load_photo_cached.cache_clear()
+    for name in sd.PHOTOS:
+        photo = sd.load_photo(name)
+        assert photo.dtype == np.uint8 and photo.ndim == 3 and photo.shape[2] == 3
+        assert min(photo.shape[:2]) >= 256, name
+        assert photo.std() > 10, name
+    with pytest.raises(ValueError, match="photo"):
+        sd.load_photo("lena")
+
+
+def test_info():
+    from keras_msattn.data.datasets import DatasetInfo, dataset_info
+
+    info = sd.info()
+    assert isinstance(info, DatasetInfo) and info.name == "scale_digits"
+    assert dataset_info("scale_digits") == info
+    assert info.num_classes == 11
+    assert info.class_names == ("background",) + tuple(str(d) for d in range(10))
+    assert info.ignore_label == 255
+    assert info.splits == ("train", "val", "test")
+    assert info.image_size == 192
+    assert info.num_images == {"train": 100_000, "val": 200, "test": 500}
+
+
+def test_splits_are_disjoint_stratified_and_fixed():
+    parts = {split: sd.split_sample_indices(split) for split in sd.SPLITS}
+    all_indices = np.concatenate(list(parts.values()))
+    assert len(all_indices) == len(np.unique(all_indices)) == 1797
+    assert {s: len(p) for s, p in parts.items()} == {"train": 1258, "val": 269, "test": 270}
+    _, targets = sd._digits()
+    for indices in parts.values():
+        assert set(targets[indices]) == set(range(10))
+    np.testing.assert_array_equal(parts["val"], sd.split_sample_indices("val"))
+
+
+def test_images_use_only_their_split_samples():
+    _, targets = sd._digits()
+    for split in sd.SPLITS:
+        allowed = set(sd.split_sample_indices(split).tolist())
+        for i in range(25):
+            _, _, _, digits = sd.generate(split, i, seed=4)
+            for d in digits:
+                assert d["sample_index"] in allowed
+                assert d["digit"] == targets[d["sample_index"]]
+
+
+def test_deterministic_by_seed():
+    a = sd.generate("train", 7, seed=1)
+    b = sd.generate("train", 7, seed=1)
+    assert a[0].tobytes() == b[0].tobytes() and a[1].tobytes() == b[1].tobytes()
+    assert a[3] == b[3]
+    other_seed = sd.generate("train", 7, seed=2)
+    other_index = sd.generate("train", 8, seed=1)
+    other_split = sd.generate("val", 7, seed=1)
+    for other in (other_seed, other_index, other_split):
+        assert not np.array_equal(a[0], other[0])
+
+
+def test_tf_data_shapes_dtypes_and_determinism():
+    import tensorflow as tf
+
+    ds = sd.load("test", seed=3, num_images=4)
+    assert ds.cardinality().numpy() == 4
+    image_spec, label_spec = ds.element_spec
+    assert image_spec.shape == (192, 192, 3) and image_spec.dtype == tf.uint8
+    assert label_spec.shape == (192, 192) and label_spec.dtype == tf.int32
+    first = [(image.numpy(), label.numpy()) for image, label in ds]
+    second = [
+        (image.numpy(), label.numpy()) for image, label in sd.load("test", seed=3, num_images=4)
+    ]
+    for k, ((image, label), (image2, label2)) in enumerate(zip(first, second, strict=True)):
+        expected = sd.generate("test", k, seed=3)
+        np.testing.assert_array_equal(image, expected[0])
+        np.testing.assert_array_equal(label, expected[1])
+        assert image.tobytes() == image2.tobytes() and label.tobytes() == label2.tobytes()
+    other = next(iter(sd.load("test", seed=4, num_images=1)))[0].numpy()
+    assert not np.array_equal(other, first[0][0])
+
+    with_map = sd.load("val", image_size=128, num_images=2, with_size_map=True)
+    specs = with_map.element_spec
+    assert [s.shape for s in specs] == [(128, 128, 3), (128, 128), (128, 128)]
+    assert [s.dtype for s in specs] == [tf.uint8, tf.int32, tf.uint8]
+    image, label, size_map = next(iter(with_map))
+    np.testing.assert_array_equal(size_map.numpy(), sd.generate("val", 0, image_size=128)[2])
+    assert sd.load("train").cardinality().numpy() == sd.DEFAULT_NUM_IMAGES["train"] == 100_000
+    assert sd.load("val").cardinality().numpy() == 200
+
+
+def test_label_range_and_class_coverage(val_examples):
+    labels = np.stack([label for _, label, _, _ in val_examples])
+    assert labels.dtype == np.int32
+    assert labels.min() == 0 and labels.max() <= 10
+    counts = np.bincount(labels.ravel(), minlength=11)
+    assert counts[0] / counts.sum() > 0.5
+    assert (counts[1:] > 0).all()
+    images_with = [sum((label == c).any() for _, label, _, _ in val_examples) for c in range(11)]
+    assert min(images_with[1:]) >= 10, images_with
+
+
+def test_size_distribution(val_examples):
+    digits = _digits_of(val_examples)
+    heights = np.array([d["height"] for d in digits])
+    buckets = np.array([d["bucket"] for d in digits])
+    assert len(digits) >= 300
+    assert heights.max() / heights.min() >= 15
+    low, high = sd.height_range(192)
+    assert heights.min() >= low - 1 and heights.max() <= high
+    shares = np.bincount(buckets, minlength=4)[1:] / len(buckets)
+    assert (shares >= 0.15).all(), shares
+    assert sd.size_thresholds(192) == (32, 96)
+    assert [sd.size_bucket(h) for h in (12, 31, 32, 96, 97, 188)] == [1, 1, 2, 2, 3, 3]
+    for d in digits:
+        assert d["bucket"] == sd.size_bucket(d["height"])
+    counts = [len(digits) for _, _, _, digits in val_examples]
+    assert min(counts) == 1 and max(counts) == 5
+    # Larger images scale the range with them.
+    for _, _, _, digits in (sd.generate("val", i, image_size=256) for i in range(20)):
+        assert all(16 - 1 <= d["height"] <= 0.98 * 256 for d in digits)
+
+
+def test_size_map_agrees_with_label(val_examples):
+    for _, label, size_map, digits in val_examples:
+        assert size_map.dtype == np.uint8
+        np.testing.assert_array_equal(size_map > 0, label > 0)
+        assert size_map.max() <= 3
+        # The last digit pasted is fully visible: its pixels carry its class and bucket.
+        last = digits[-1]
+        if any(d["digit"] == last["digit"] for d in digits[:-1]):
+            continue
+        box = label[
+            last["top"] : last["top"] + last["height"], last["left"] : last["left"] + last["width"]
+        ]
+        mask = box == last["digit"] + 1
+        assert mask.any(axis=1)[[0, -1]].all()  # spans the full height
+        sizes = size_map[
+            last["top"] : last["top"] + last["height"], last["left"] : last["left"] + last["width"]
+        ]
+        assert (sizes[mask] == last["bucket"]).all()
+
+
+def test_digits_differ_in_colour_from_surroundings_but_colour_is_not_the_class(val_examples):
+    distances, colours, classes = [], [], []
+    for image, label, _, _ in val_examples:
+        pixels = image.astype(np.float64)
+        for c in np.unique(label[label > 0]):
+            mask = label == c
+            ring = binary_dilation(mask, iterations=3) & (label == 0)
+            if ring.sum() < 20:
+                continue
+            colour = pixels[mask].mean(axis=0)
+            distances.append(np.linalg.norm(colour - pixels[ring].mean(axis=0)))
+            colours.append(colour)
+            classes.append(c)
+    distances, colours, classes = np.array(distances), np.array(colours), np.array(classes)
+    assert len(distances) >= 300
+    assert distances.mean() > 100, distances.mean()
+    assert np.percentile(distances, 10) > 60
+    # Class explains almost none of the digits' colour variance.
+    class_means = np.stack([colours[classes == c].mean(axis=0) for c in range(1, 11)])
+    between = sum(
+        (classes == c).sum() * np.sum((class_means[c - 1] - colours.mean(axis=0)) ** 2)
+        for c in range(1, 11)
+    )
+    total = np.sum((colours - colours.mean(axis=0)) ** 2)
+    assert between / total < 0.05, between / total
+
+
+def test_export_to_folder(tmp_path):
+    out = sd.export_to_folder(tmp_path / "digits", "val", 3, seed=2, image_size=128)
+    assert out == tmp_path / "digits"
+    assert (out / "classes.txt").read_text().splitlines() == list(sd.CLASS_NAMES)
+    images = sorted(p.stem for p in (out / "images").glob("*.png"))
+    masks = sorted(p.stem for p in (out / "masks").glob("*.png"))
+    assert images == masks == ["val_000000", "val_000001", "val_000002"]
+    for i, stem in enumerate(images):
+        image, label, _, _ = sd.generate("val", i, seed=2, image_size=128)
+        np.testing.assert_array_equal(np.asarray(Image.open(out / "images" / f"{stem}.png")), image)
+        mask = Image.open(out / "masks" / f"{stem}.png")
+        assert mask.mode == "L"
+        np.testing.assert_array_equal(np.asarray(mask), label)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits"]
+    # The folder dataset reads it back unchanged.
+    from keras_msattn.data.datasets import dataset_info, load_dataset
+
+    assert dataset_info("folder", data_dir=str(out)).class_names == sd.CLASS_NAMES
+    for i, (image, label) in enumerate(load_dataset("folder", "all", data_dir=str(out))):
+        expected = sd.generate("val", i, seed=2, image_size=128)
+        np.testing.assert_array_equal(image.numpy(), expected[0])
+        np.testing.assert_array_equal(label.numpy(), expected[1])
+
+    with pytest.raises(ValueError, match="out_dir"):
+        sd.export_to_folder(out, "val", 1)
+    sd.export_to_folder(out, "test", 1, image_size=128, overwrite=True)
+    assert sorted(p.stem for p in (out / "images").glob("*.png")) == ["test_000000"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits"]
+    with pytest.raises(ValueError, match="n must"):
+        sd.export_to_folder(tmp_path / "other", "val", 0)
+
+
+def test_export_to_folder_is_atomic(tmp_path, monkeypatch):
+    written = []
+    original = sd._write_png
+
+    def fail_on_fourth(array, path):
+        if len(written) == 3:
+            raise RuntimeError("disk full")
+        written.append(path)
+        original(array, path)
+
+    monkeypatch.setattr(sd, "_write_png", fail_on_fourth)
+    with pytest.raises(RuntimeError, match="disk full"):
+        sd.export_to_folder(tmp_path / "digits", "val", 5, image_size=96)
+    assert len(written) == 3
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_size_bucket_miou():
+    _, label, size_map, _ = next(
+        example
+        for example in (sd.generate("val", i) for i in range(50))
+        if set(np.unique(example[2])) == {0, 1, 2}
+    )
+    perfect = sd.size_bucket_miou(label, label, size_map)
+    for bucket in sd.SIZE_BUCKETS:
+        value = perfect[bucket]
+        assert (
+            np.isnan(value)
+            if not (size_map == sd.SIZE_BUCKETS.index(bucket) + 1).any()
+            else value == 1.0
+        )
+
+    # Erasing the small digits hurts only the small bucket.
+    prediction = np.where(size_map == 1, 0, label)
+    scores = sd.size_bucket_miou(label, prediction, size_map)
+    assert scores["small"] < 0.6 and scores["medium"] == 1.0
+
+    # A false digit next to a small digit counts against the small bucket; far away it does not.
+    labels = np.zeros((2, 192, 192), np.int32)
+    sizes = np.zeros((2, 192, 192), np.uint8)
+    labels[:, 50:70, 50:60], sizes[:, 50:70, 50:60] = 4, 1
+    prediction = labels.copy()
+    prediction[0, 72:74, 50:60] = 7  # within the 5 px margin
+    prediction[1, 150:160, 150:160] = 7  # far away
+    near = sd.size_bucket_miou(labels[:1], prediction[:1], sizes[:1])
+    far = sd.size_bucket_miou(labels[1:], prediction[1:], sizes[1:])
+    # Region: the 20x10 digit dilated by 5 px = 30x20; 20 of its 400 background pixels
+    # are predicted 7 -> IoUs background 380/400, digit 1, false class 0.
+    assert near["small"] == pytest.approx((380 / 400 + 1 + 0) / 3) and far["small"] == 1.0
+    assert np.isnan(far["large"])
+    confusion = sd.size_bucket_confusion(labels, prediction, sizes)
+    assert confusion.shape == (3, 11, 11)
+    region = binary_dilation(sizes[0] == 1, np.ones((11, 11)))
+    assert confusion[0].sum() == 2 * region.sum()
+    # Ignore pixels are left out.
+    ignored = labels.copy()
+    ignored[0, 50:52, 50:60] = 255
+    assert sd.size_bucket_confusion(ignored, prediction, sizes)[0].sum() == confusion[0].sum() - 20
+    with pytest.raises(ValueError, match="same shape"):
+        sd.size_bucket_miou(labels, prediction[0], sizes)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="split"):
+        sd.load("validation")
+    with pytest.raises(ValueError, match="seed"):
+        sd.generate("val", 0, seed=-1)
+    with pytest.raises(ValueError, match="image_size"):
+        sd.load("val", image_size=32)
+    with pytest.raises(ValueError, match="num_images"):
+        sd.load("val", num_images=0)
+    with pytest.raises(ValueError, match="index"):
+        sd.generate("val", -1)
+
+
+def test_generation_is_fast():
+    sd.generate("train", 0)
+    start = time.perf_counter()
+    for i in range(50):
+        sd.generate("train", i, seed=9)
+    per_image = (time.perf_counter() - start) / 50
+    assert per_image < 0.025, f"{per_image * 1000:.1f} ms per image"
