@@ -1,7 +1,34 @@
 """The pyramid pooling module of PSPNet (Zhao et al., 2017), used in the paper's Table 3."""
 
+import math
+
 import keras
-from keras import layers
+from keras import layers, ops
+
+
+def adaptive_average_pool(features, bins):
+    """Averages `(B, H, W, C)` features over a `bins x bins` grid of cells (static H, W).
+
+    Cell `i` spans rows `[floor(i * H / bins), ceil((i + 1) * H / bins))`, as
+    PyTorch's AdaptiveAvgPool2d, so cells overlap when `H` is not a multiple of
+    `bins`. Slices and means only: keras' own adaptive pooling builds a window
+    larger than the input for one bin, which fails inside a compiled graph.
+    """
+    height, width = features.shape[1], features.shape[2]
+
+    def edges(size, index):
+        return (index * size) // bins, math.ceil((index + 1) * size / bins)
+
+    rows = []
+    for i in range(bins):
+        top, bottom = edges(height, i)
+        cells = []
+        for j in range(bins):
+            left, right = edges(width, j)
+            cell = features[:, top:bottom, left:right, :]
+            cells.append(ops.mean(cell, axis=(1, 2), keepdims=True))
+        rows.append(cells[0] if bins == 1 else ops.concatenate(cells, axis=2))
+    return rows[0] if bins == 1 else ops.concatenate(rows, axis=1)
 
 
 @keras.saving.register_keras_serializable(package="keras_msattn")
@@ -31,7 +58,6 @@ class PyramidPooling(keras.layers.Layer):
             raise ValueError(f"`channels` must be positive, got {channels!r}.")
         self.bins = bins
         self.channels = int(channels)
-        self.pools = [layers.AdaptiveAveragePooling2D((b, b), name=f"pool_{b}") for b in bins]
         self.projections = []
         self.fuse_conv = layers.Conv2D(
             self.channels, 3, padding="same", use_bias=False, name="fuse_conv"
@@ -61,8 +87,9 @@ class PyramidPooling(keras.layers.Layer):
                 "trace the model at a fixed input size."
             )
         branches = [features]
-        for pool, (conv, bn) in zip(self.pools, self.projections, strict=True):
-            pooled = keras.ops.relu(bn(conv(pool(features)), training=training))
+        for bins, (conv, bn) in zip(self.bins, self.projections, strict=True):
+            pooled = adaptive_average_pool(features, bins)
+            pooled = keras.ops.relu(bn(conv(pooled), training=training))
             branches.append(
                 keras.ops.image.resize(pooled, (height, width), interpolation="bilinear")
             )
