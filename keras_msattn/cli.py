@@ -305,6 +305,36 @@ def _run_export(args):
     return run_export(args)
 
 
+# --- msattn quickstart ------------------------------------------------------
+
+
+def _add_quickstart(subparsers):
+    parser = subparsers.add_parser(
+        "quickstart",
+        help="Train, score, export and report on the embedded ScaleDigits data, on a CPU.",
+    )
+    parser.add_argument("--out", default="quickstart", help="output folder (default ./quickstart)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="training steps of batch 8 (default 2000; fewer for a shorter run, more for a better model)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="LiteRT threads for the latency")
+    parser.set_defaults(run=_run_quickstart)
+
+
+def _run_quickstart(args):
+    from keras_msattn.quickstart import DEFAULT_STEPS, run_quickstart
+
+    steps = DEFAULT_STEPS if args.steps is None else args.steps
+    if steps < 1:
+        raise ValueError(f"--steps must be a positive integer, got {steps}")
+    run_quickstart(args.out, steps=steps, seed=args.seed, threads=args.threads)
+    return 0
+
+
 # --- entry point ------------------------------------------------------------
 
 
@@ -319,6 +349,7 @@ def build_parser():
     _add_predict(subparsers)
     _add_train(subparsers)
     _add_export(subparsers)
+    _add_quickstart(subparsers)
     return parser
 
 

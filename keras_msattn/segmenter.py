@@ -33,7 +33,7 @@ MIN_SCALED_SIDE = 16
 # Widths of the attention heads, scaled with the backbone: every head runs on the
 # stride-4 grid, so heads as wide as the paper's 512 would outweigh the backbone.
 DEFAULT_HEAD_CHANNELS = {
-    "vgg16_largefov": 128,
+    "vgg16_largefov": 96,
     "resnet18_d8": 64,
     "resnet34_d8": 64,
     "resnet50_d8": 128,

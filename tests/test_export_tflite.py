@@ -1,0 +1,161 @@
+"""LiteRT export of a tiny trained segmenter in every post-training format."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from keras_msattn import MultiScaleSegmenter
+from keras_msattn.export import LiteRTModel, export_tflite, op_summary, verify_tflite
+from keras_msattn.losses import SegmentationCrossEntropy
+
+SIZE = 64
+NUM_CLASSES = 3
+
+
+def tiny_trained_segmenter():
+    """MobileNetV2 (alpha 0.35) segmenter, a few eager steps on colour-threshold labels."""
+    keras.utils.set_random_seed(0)
+    model = MultiScaleSegmenter(
+        backbone="mobilenet_v2",
+        num_classes=NUM_CLASSES,
+        backbone_width=0.35,
+        input_shape=(SIZE, SIZE, 3),
+    )
+    images, labels = colour_data(8, seed=0)
+    model.compile(keras.optimizers.Adam(3e-3), SegmentationCrossEntropy(), run_eagerly=True)
+    model.fit(images, labels, batch_size=4, epochs=1, verbose=0)
+    return model
+
+
+def colour_data(count, seed):
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, (count, 4, 4, 3)).astype("float32")
+    images = np.asarray(keras.ops.image.resize(coarse, (SIZE, SIZE)))
+    labels = (images[..., 0] > 128).astype("int32") + (images[..., 1] > 128).astype("int32")
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tflite")
+    model = tiny_trained_segmenter()
+    calibration, _ = colour_data(8, seed=1)
+    validation = colour_data(4, seed=2)
+    reports = {}
+    for quantization in ("none", "float16", "dynamic", "int8", "int8_full"):
+        reports[quantization] = export_tflite(
+            model,
+            out / f"model_{quantization}.tflite",
+            quantization=quantization,
+            calibration_images=calibration,
+            num_calibration=8,
+            validation_data=validation,
+            num_threads=1,
+        )
+    reports["int8_full_labels"] = export_tflite(
+        model,
+        out / "model_int8_full_labels.tflite",
+        quantization="int8_full",
+        output="labels",
+        calibration_images=calibration,
+        num_calibration=8,
+        validation_data=validation,
+    )
+    return model, out, reports, validation
+
+
+@pytest.mark.parametrize(
+    "quantization", ["none", "float16", "dynamic", "int8", "int8_full", "int8_full_labels"]
+)
+def test_artifact_and_report_are_written(exported, quantization):
+    _, out, reports, _ = exported
+    path = out / f"model_{quantization}.tflite"
+    assert path.is_file()
+    stored = json.loads((out / f"model_{quantization}.report.json").read_text())
+    markdown = (out / f"model_{quantization}.report.md").read_text()
+    assert stored["size_bytes"] == os.path.getsize(path) > 0
+    assert stored["latency"]["median_ms"] > 0
+    assert stored["samples"]["source"] == "validation images"
+    assert 0.0 <= stored["miou"]["artifact"] <= 1.0 and 0.0 <= stored["miou"]["keras"] <= 1.0
+    assert "argmax_agreement" in markdown and "CONV_2D" in markdown
+    assert reports[quantization]["path"] == str(path)
+    # No partial files left behind.
+    assert not [p for p in os.listdir(out) if p.startswith(".")]
+
+
+@pytest.mark.parametrize(
+    "quantization", ["none", "float16", "dynamic", "int8", "int8_full", "int8_full_labels"]
+)
+def test_builtin_ops_only(exported, quantization):
+    _, out, reports, _ = exported
+    summary = op_summary(str(out / f"model_{quantization}.tflite"))
+    assert summary["flex_ops"] == []
+    assert not any(name.startswith("Flex") for name in summary["ops"])
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "RESIZE_BILINEAR"} <= set(summary["ops"])
+    assert reports[quantization]["ops"] == summary["ops"]
+
+
+# Tolerances: logits of the float artifacts against Keras. float16 rounds the
+# weights to 11 significant bits, dynamic range to 8 bits per channel.
+@pytest.mark.parametrize(
+    "quantization, max_diff, min_agreement",
+    [("none", 1e-3, 0.999), ("float16", 0.05, 0.99), ("dynamic", 0.5, 0.95)],
+)
+def test_float_artifacts_match_keras(exported, quantization, max_diff, min_agreement):
+    model, out, _, validation = exported
+    runner = LiteRTModel(str(out / f"model_{quantization}.tflite"))
+    logits = runner.predict(validation[0])
+    expected = np.asarray(model(validation[0], training=False))
+    assert logits.shape == expected.shape == (4, SIZE, SIZE, NUM_CLASSES)
+    assert np.abs(logits - expected).max() < max_diff
+    assert (logits.argmax(-1) == expected.argmax(-1)).mean() >= min_agreement
+
+
+@pytest.mark.parametrize("quantization", ["int8", "int8_full", "int8_full_labels"])
+def test_integer_artifacts_agree_with_keras(exported, quantization):
+    model, out, reports, validation = exported
+    runner = LiteRTModel(str(out / f"model_{quantization}.tflite"))
+    outputs = runner.predict(validation[0])
+    expected = np.asarray(model(validation[0], training=False)).argmax(-1)
+    labels = outputs if quantization.endswith("labels") else outputs.argmax(-1)
+    agreement = (labels == expected).mean()
+    assert agreement >= 0.9
+    assert reports[quantization]["agreement"]["argmax_agreement"] == pytest.approx(agreement)
+    # Every compute operator runs in int8.
+    assert reports[quantization]["float_ops"] == {}
+
+
+def test_int8_full_io_types(exported):
+    _, _, reports, _ = exported
+    full = reports["int8_full"]
+    assert full["input"]["dtype"] == "uint8"
+    # Raw pixels 0..255 map onto uint8 almost one to one.
+    assert full["input"]["scale"] == pytest.approx(1.0, rel=0.02)
+    assert full["input"]["zero_point"] == 0
+    assert full["output"]["dtype"] == "int8"
+    assert full["output"]["shape"] == [1, SIZE, SIZE, NUM_CLASSES]
+    labels = reports["int8_full_labels"]
+    assert labels["output"]["dtype"] == "int32"
+    assert labels["output"]["shape"] == [1, SIZE, SIZE]
+    assert "ARG_MAX" in labels["ops"]
+    assert "ARG_MAX" not in full["ops"]
+    assert reports["int8"]["input"]["dtype"] == "float32"
+    assert reports["int8"]["output"]["dtype"] == "float32"
+
+
+def test_sizes_shrink_with_quantization(exported):
+    _, _, reports, _ = exported
+    size = {name: report["size_bytes"] for name, report in reports.items()}
+    assert size["float16"] < 0.6 * size["none"]
+    assert size["int8"] < 0.6 * size["none"]
+    assert size["dynamic"] < 0.6 * size["none"]
+
+
+def test_verify_tflite_without_model_or_images(exported):
+    _, out, _, _ = exported
+    result = verify_tflite(str(out / "model_none.tflite"), latency_runs=3, warmup_runs=1)
+    assert result["samples"]["source"] == "synthetic images"
+    assert "agreement" not in result and result["latency"]["runs"] == 3
