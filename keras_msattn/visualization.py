@@ -344,3 +344,32 @@ def plot_recalibration(
     maps = [values[..., c] for c in classes]
     suptitle = "class recalibration" + ("" if in_unit_interval else " (additive bias)")
     return _heat_maps(image, maps, titles, path, vmin, vmax, cmap, suptitle)
+
+
+def plot_training_curve(history, path, x_key="elapsed_seconds", y_key="val_final_miou"):
+    """Validation mIoU against minutes of training, from a run's history.json entries.
+
+    Args:
+        history: list of per-epoch dicts (as `keras_msattn.training.train` returns).
+        path: the PNG to write.
+
+    Returns:
+        `path`.
+    """
+    points = [
+        (entry[x_key] / 60.0, entry[y_key])
+        for entry in history
+        if entry.get(x_key) is not None and entry.get(y_key) is not None
+    ]
+    if not points:
+        raise ValueError(f"`history` has no entries with both {x_key!r} and {y_key!r}.")
+    figure, axes = _figure(1, 1)
+    axes = axes[0, 0]
+    axes.set_axis_on()
+    axes.plot([0.0] + [p[0] for p in points], [0.0] + [p[1] for p in points], marker="o")
+    axes.set_xlabel("training time (minutes)")
+    axes.set_ylabel("validation mIoU")
+    axes.set_title("validation mIoU during training")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return _save_figure(figure, path)

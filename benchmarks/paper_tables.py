@@ -1,0 +1,345 @@
+"""The paper's Tables 1-2 in miniature: every baseline and ablation on ScaleDigits.
+
+One backbone (MobileNetV2 x0.35, from scratch) and one training budget for all
+variants: the quickstart's training settings (`keras_msattn.quickstart.
+quickstart_config`: 128-px crops of the 192-px images, output stride 16,
+16-channel heads, Adam 3e-3 with poly decay) with fewer steps, so that
+8 variants x 3 seeds train on a 2-core CPU in about an hour. Each run trains with `keras_msattn.training.train`
+and is scored with `keras_msattn.evaluation.evaluate` on the first
+`--test-images` images of the ScaleDigits test split (data seed 0 for every run):
+mIoU overall and on small / medium / large digits.
+
+Every finished run appends one JSON line to `--out` (flushed and fsynced), so
+a killed benchmark loses at most the run in progress, and rerunning the same
+command skips the runs already recorded. Run folders (model.keras,
+config.json, history.json) go to `<out without .jsonl>_runs/`. At the end a
+markdown table is printed: mean ± std over seeds, in the paper's order, with
+the paper's PASCAL VOC 2012 numbers (VGG16) for reference.
+
+    python benchmarks/paper_tables.py                            # everything
+    python benchmarks/paper_tables.py --steps 3 --seeds 0 --variants single_scale full \\
+        --test-images 4 --out /tmp/smoke.jsonl                   # a smoke test
+    python benchmarks/paper_tables.py --report                   # the table only
+
+Absolute numbers are far below the paper's: a tiny network trained from
+scratch for a few hundred steps on another dataset. What can carry over is the
+ordering of the variants, above all on small and large digits.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+import traceback
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_OUT = os.path.join("benchmarks", "results", "paper_tables.jsonl")
+TEST_SEED = 0  # the same test images for every run
+
+# The paper's order (Table 1, then Table 2's ablations, then + PSP from Table 3).
+# Model arguments as docs/architecture.md "Baselines and ablations from one builder".
+_FULL = dict(
+    scales=(1.0, 0.5),
+    fusion="attention",
+    hypercolumn=True,
+    scale_dilations="auto",
+    recalibration="multiply",
+    pyramid_pooling=False,
+)
+VARIANTS = {
+    "single_scale": dict(_FULL, scales=(1.0,), fusion=None),
+    "max_merge": dict(_FULL, fusion="max"),
+    "average_merge": dict(_FULL, fusion="average"),
+    "attention_to_scale": dict(_FULL, fusion="attention_to_scale"),
+    "multi_stage": dict(_FULL, scale_dilations=None, recalibration=None),
+    "diverse_dilations": dict(_FULL, recalibration=None),
+    "full": dict(_FULL),
+    "full_psp": dict(_FULL, pyramid_pooling=True),
+}
+LABELS = {
+    "single_scale": "single scale (DeepLab-LargeFOV)",
+    "max_merge": "max merge",
+    "average_merge": "average merge",
+    "attention_to_scale": "attention-to-scale",
+    "multi_stage": "+ multi-stage",
+    "diverse_dilations": "+ diverse dilations",
+    "full": "full model (this paper)",
+    "full_psp": "full model + PSP",
+}
+# PASCAL VOC 2012 val mIoU (%), VGG16, scales 1x and 0.5x (Tables 1 and 2). The
+# paper has no PSP row on VOC; on ADE20K (Table 3) PSP adds 1.14 to its model.
+PAPER_VOC = {
+    "single_scale": 61.40,
+    "max_merge": 63.88,
+    "average_merge": 64.07,
+    "attention_to_scale": 64.74,
+    "multi_stage": 65.80,
+    "diverse_dilations": 66.83,
+    "full": 67.98,
+    "full_psp": None,
+}
+METRICS = ("miou", "miou_small", "miou_medium", "miou_large")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=800, help="optimizer steps per run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--image-size", type=int, default=192, help="ScaleDigits image side")
+    parser.add_argument("--crop-size", type=int, default=128, help="training crop side")
+    parser.add_argument(
+        "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT"
+    )
+    parser.add_argument("--out", default=DEFAULT_OUT, help="JSON lines file, one line per run")
+    parser.add_argument("--test-images", type=int, default=300)
+    parser.add_argument("--backbone-width", type=float, default=0.35)
+    parser.add_argument("--head-channels", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--report", action="store_true", help="print the table from --out, train nothing"
+    )
+    args = parser.parse_args(argv)
+    for name in ("steps", "test_images", "batch_size", "head_channels"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.image_size < 64:
+        parser.error(f"--image-size must be >= 64 (ScaleDigits' minimum), got {args.image_size}")
+    if any(seed < 0 for seed in args.seeds):
+        parser.error(f"--seeds must be >= 0, got {args.seeds}")
+    return args
+
+
+def settings(args):
+    """What makes two runs of one variant and seed comparable (the resume key)."""
+    return {
+        "steps": args.steps,
+        "image_size": args.image_size,
+        "crop_size": args.crop_size,
+        "test_images": args.test_images,
+        "backbone_width": args.backbone_width,
+        "head_channels": args.head_channels,
+        "batch_size": args.batch_size,
+    }
+
+
+def run_config(args, variant, seed):
+    """The quickstart's config at this benchmark's budget, for one variant and seed."""
+    from keras_msattn.quickstart import quickstart_config
+
+    overrides = dict(
+        VARIANTS[variant],
+        # The seed picks the model's initialization, the training images and their order.
+        dataset_options={"image_size": args.image_size, "seed": seed},
+        crop_size=args.crop_size,
+        val_images=0,  # no validation: the test split scores every run afterwards
+        val_size=args.image_size,
+        backbone_width=args.backbone_width,
+        head_channels=args.head_channels,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        steps_per_epoch=args.steps,  # one backup, at the end
+        seed=seed,
+    )
+    return dataclasses.replace(quickstart_config(steps=args.steps, seed=seed), **overrides)
+
+
+def read_records(path):
+    """The JSON lines of `path` ([] if it does not exist); a torn last line is skipped."""
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                print(f"warning: skipping an unreadable line in {path}", file=sys.stderr)
+    return records
+
+
+def append_record(path, record):
+    # One write of one line, flushed to disk: a kill loses at most the run in progress.
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def matching(records, args):
+    wanted = settings(args)
+    return [r for r in records if all(r.get(k) == v for k, v in wanted.items())]
+
+
+def runs_dir(out):
+    stem = out[: -len(".jsonl")] if out.endswith(".jsonl") else out
+    return stem + "_runs"
+
+
+def train_and_evaluate(args, variant, seed):
+    """Trains one run from scratch, scores it on the test split; returns its record."""
+    import keras
+
+    from keras_msattn.data import scale_digits
+    from keras_msattn.evaluation import evaluate, load_segmenter
+    from keras_msattn.training import train
+
+    config = run_config(args, variant, seed)
+    out_dir = os.path.join(
+        runs_dir(args.out), f"{variant}-seed{seed}-{args.steps}steps-{args.image_size}px"
+    )
+    # A run not in the JSON lines starts over, so its training time is a whole run's.
+    shutil.rmtree(out_dir, ignore_errors=True)
+    keras.backend.clear_session()
+    load_before = os.getloadavg()[0]
+    start = time.perf_counter()
+    result = train(config, out_dir, verbose=0, log=lambda message: print("  " + message))
+    train_seconds = time.perf_counter() - start
+    # Only the inference model and the small JSON files are kept.
+    shutil.rmtree(os.path.join(out_dir, "backup"), ignore_errors=True)
+    shutil.rmtree(os.path.join(out_dir, "logs"), ignore_errors=True)
+
+    model = load_segmenter(result["model_path"])
+    test = scale_digits.load(
+        "test",
+        seed=TEST_SEED,
+        image_size=args.image_size,
+        num_images=args.test_images,
+        with_size_map=True,
+    )
+    start = time.perf_counter()
+    scores = evaluate(
+        model, test, scale_digits.NUM_CLASSES, size_buckets=True, max_images=args.test_images,
+        verbose=0,
+    )  # fmt: skip
+    eval_seconds = time.perf_counter() - start
+    history = result["history"]
+    return {
+        "variant": variant,
+        "seed": seed,
+        **settings(args),
+        **{name: scores[name] for name in METRICS},
+        "pixel_accuracy": scores["pixel_accuracy"],
+        "num_images": scores["num_images"],
+        "final_train_loss": history[-1].get("loss") if history else None,
+        "train_seconds": round(train_seconds, 1),
+        "eval_seconds": round(eval_seconds, 1),
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "num_parameters": int(model.count_params()),
+        "model_arguments": {
+            k: v for k, v in dataclasses.asdict(config).items() if k in VARIANTS[variant]
+        },
+        "run_dir": out_dir,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def _percent(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    mean = 100 * statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def table(records, variants):
+    """Markdown table of mean (± sample std over seeds) per variant, in the paper's order."""
+    lines = [
+        "| variant | seeds | mIoU | small | medium | large | train min | paper VOC mIoU |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for variant in (v for v in VARIANTS if v in variants):
+        rows = [r for r in records if r["variant"] == variant]
+        paper = PAPER_VOC[variant]
+        paper = "—" if paper is None else f"{paper:.2f}"
+        if not rows:
+            lines.append(f"| {LABELS[variant]} | none | | | | | | {paper} |")
+            continue
+        minutes = statistics.fmean(r["train_seconds"] for r in rows) / 60
+        cells = [_percent([r[m] for r in rows]) for m in METRICS]
+        seeds = ",".join(str(r["seed"]) for r in sorted(rows, key=lambda r: r["seed"]))
+        lines.append(
+            f"| {LABELS[variant]} | {seeds} | {' | '.join(cells)} | {minutes:.1f} | {paper} |"
+        )
+    return "\n".join(lines)
+
+
+def latest_per_run(records):
+    # A run recorded twice (e.g. by two runs of the benchmark at once) counts once.
+    latest = {}
+    for record in records:
+        latest[(record["variant"], record["seed"])] = record
+    return list(latest.values())
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    failed = []
+    if not args.report:
+        done = {(r["variant"], r["seed"]) for r in matching(read_records(args.out), args)}
+        # Seed by seed: a benchmark stopped early still has every variant at the same seeds.
+        todo = [
+            (variant, seed)
+            for seed in args.seeds
+            for variant in VARIANTS
+            if variant in args.variants and (variant, seed) not in done
+        ]
+        print(
+            f"{len(todo)} runs to do ({len(args.variants) * len(args.seeds) - len(todo)} already "
+            f"in {args.out}); settings {settings(args)}",
+            flush=True,
+        )
+        for index, (variant, seed) in enumerate(todo, 1):
+            print(f"[{index}/{len(todo)}] {variant} seed {seed}", flush=True)
+            try:
+                record = train_and_evaluate(args, variant, seed)
+            except Exception:  # one broken variant must not stop the others
+                traceback.print_exc()
+                print(f"  FAILED: {variant} seed {seed} (not recorded; a rerun retries it)")
+                failed.append((variant, seed))
+                continue
+            append_record(args.out, record)
+            print(
+                f"  mIoU {100 * record['miou']:.2f} (small {_percent([record['miou_small']])}, "
+                f"medium {_percent([record['miou_medium']])}, large "
+                f"{_percent([record['miou_large']])}); train {record['train_seconds']:.0f} s, "
+                f"eval {record['eval_seconds']:.0f} s",
+                flush=True,
+            )
+    records = [
+        r
+        for r in latest_per_run(matching(read_records(args.out), args))
+        if r["variant"] in args.variants and r["seed"] in args.seeds
+    ]
+    config = run_config(args, args.variants[0], args.seeds[0])
+    print()
+    print(
+        f"ScaleDigits test mIoU (%), first {args.test_images} test images at "
+        f"{args.image_size} px; MobileNetV2 x{args.backbone_width} from scratch, output stride "
+        f"{config.output_stride}, heads {args.head_channels}, batch {args.batch_size} of "
+        f"{args.crop_size}-px crops, {args.steps} steps ({config.optimizer} "
+        f"{config.learning_rate:g}, poly)."
+    )
+    print(table(records, args.variants))
+    print(
+        "\nPaper VOC: PASCAL VOC 2012 val, VGG16 pretrained, scales 1x + 0.5x (Tables 1-2); "
+        "no PSP row on VOC (ADE20K, Table 3: ours 37.07, ours + PSP 38.21)."
+    )
+    if failed:
+        print(f"\n{len(failed)} runs failed: {', '.join(f'{v} seed {s}' for v, s in failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
