@@ -40,12 +40,10 @@ print(results["miou"])
 ```
 """
 
-import collections
 import json
 import math
 import os
 import tempfile
-import weakref
 import zipfile
 
 import keras
@@ -106,53 +104,11 @@ def _fallback_crop(model, height, width):
     return crop_h, crop_w
 
 
-class _Forward:
-    """Runs a model in inference mode; input shapes that keep coming run as a traced graph.
-
-    Eager calls cost the same every time; a traced call is much faster but each new
-    shape costs one trace. Tracing only shapes seen `TRACE_AFTER` times before
-    (sliding windows, common image sizes) gets the speed without tracing every
-    odd-sized image or its flipped twin. Shapes are traced as they are (no shape
-    relaxing), and at most `MAX_TRACED_SHAPES` of them.
-    """
-
-    TRACE_AFTER = 2
-    MAX_TRACED_SHAPES = 16
-
-    def __init__(self, model):
-        self.calls, self.traced = collections.Counter(), set()
-        self.graph = None
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
-
-            # A weak reference, so the cache entry does not keep its own key alive.
-            model_ref = weakref.ref(model)
-            self.graph = tf.function(
-                lambda images: model_ref()(images, training=False), jit_compile=False
-            )
-
-    def __call__(self, model, images):
-        images = np.ascontiguousarray(images, np.float32)
-        shape = images.shape
-        self.calls[shape] += 1
-        if self.graph is not None and (
-            shape in self.traced
-            or (self.calls[shape] > self.TRACE_AFTER and len(self.traced) < self.MAX_TRACED_SHAPES)
-        ):
-            self.traced.add(shape)
-            return self.graph(images)
-        return model(images, training=False)
-
-
-_FORWARDS = weakref.WeakKeyDictionary()
-
-
 def _logits(model, images):
     """The model's logits as a float32 numpy array; a deep-supervision dict gives "final"."""
-    forward = _FORWARDS.get(model)
-    if forward is None:
-        forward = _FORWARDS[model] = _Forward(model)
-    outputs = forward(model, images)
+    # predict_on_batch runs a compiled graph that relaxes to any image size after
+    # a few distinct shapes, instead of tracing every odd size anew.
+    outputs = model.predict_on_batch(np.ascontiguousarray(images, np.float32))
     if isinstance(outputs, dict):
         if "final" not in outputs:
             raise ValueError(
