@@ -19,6 +19,7 @@ replicas on a machine without GPUs. It must be set before the process first
 uses TensorFlow (set it in the environment of a fresh process).
 """
 
+import contextlib
 import glob
 import importlib.util
 import json
@@ -56,9 +57,7 @@ def _logical_cpus_from_env():
     try:
         count = int(value)
     except ValueError:
-        raise ValueError(
-            f"{LOGICAL_CPUS_ENV} must be a positive integer, got {value!r}."
-        ) from None
+        raise ValueError(f"{LOGICAL_CPUS_ENV} must be a positive integer, got {value!r}.") from None
     split_cpu(count)
 
 
@@ -115,8 +114,7 @@ def make_strategy(name="auto"):
             return tf.distribute.TPUStrategy(resolver)
         if name == "tpu":
             raise ValueError(
-                "strategy 'tpu': no TPU found (set TPU_NAME for a Cloud TPU, or run on a "
-                "TPU VM)."
+                "strategy 'tpu': no TPU found (set TPU_NAME for a Cloud TPU, or run on a TPU VM)."
             )
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
@@ -144,4 +142,72 @@ def is_chief(strategy):
 
 def describe(strategy):
     """A short description: the strategy class and its number of replicas."""
-    return f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)"
+    name = type(strategy).__name__.lstrip("_")
+    return f"{name} with {strategy.num_replicas_in_sync} replica(s)"
+
+
+def _several_workers(strategy):
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    tasks = strategy.cluster_resolver.cluster_spec().as_dict()
+    return len(tasks.get("worker", [])) + len(tasks.get("chief", [])) > 1
+
+
+@contextlib.contextmanager
+def multi_worker_fit(model):
+    """Lets Keras 3 `fit` and `evaluate` run on several workers; a no-op otherwise.
+
+    Keras 3.15's TensorFlow trainer fails under `MultiWorkerMirroredStrategy`
+    with more than one worker (keras-team/keras#20585, tensorflow#72388):
+
+    1. Before the first step it all-reduces the first batch, a nested
+       structure, to learn its shapes; the collective ops reject it ("Attempt
+       to convert a value (PerReplica...) to a Tensor"). Only shapes are
+       needed: here the model is built from this worker's first replica's part.
+    2. Each step's logs (scalars) are averaged over the workers with
+       `strategy.reduce("MEAN", value, axis=0)`, which fails on scalars ("Invalid
+       reduction dimension 0 for input with 0 dimensions"); here they are
+       averaged with `axis=None`.
+
+    Both replace Keras internals for the duration of the block, only on
+    several workers (every process of such a run is dedicated to it).
+    """
+    strategy = model.distribute_strategy
+    if not _several_workers(strategy):
+        yield
+        return
+    from keras.src.backend.tensorflow import trainer as keras_trainer
+
+    def local_part(value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    def maybe_symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(local_part, next(batches))
+                break
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    original_reduce = keras_trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction not in ("auto", "mean"):
+            return original_reduce(values, strategy, reduction)
+
+        def mean(value):
+            if isinstance(value, tf.distribute.DistributedValues):
+                return strategy.reduce("MEAN", value, axis=None)
+            return value
+
+        return tf.nest.map_structure(mean, values)
+
+    model._maybe_symbolic_build = maybe_symbolic_build
+    keras_trainer.reduce_per_replica = reduce_per_replica
+    try:
+        yield
+    finally:
+        keras_trainer.reduce_per_replica = original_reduce
+        del model._maybe_symbolic_build

@@ -57,7 +57,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_msattn.data import dataset_info, eval_pipeline, load_dataset, train_pipeline
-from keras_msattn.distribute import describe, is_chief, make_strategy
+from keras_msattn.distribute import describe, is_chief, make_strategy, multi_worker_fit
 from keras_msattn.losses import deep_supervision_losses
 from keras_msattn.metrics import MeanIoU, PixelAccuracy
 from keras_msattn.optimizers import PolyDecay, make_optimizer
@@ -116,7 +116,9 @@ class TrainConfig:
     loss_weights: dict | None = None  # {output name: weight}; None: 1 for each
     sync_batchnorm: bool = True  # batch statistics over the global batch, not per replica
     mixed_precision: bool = False  # mixed_float16 on GPU, mixed_bfloat16 elsewhere
-    jit_compile: str | bool = "auto"  # Keras's choice: XLA on one GPU
+    # XLA stays off: the confusion-matrix metrics count with a data-sized bincount,
+    # which XLA cannot compile (Keras's "auto" would pick XLA on one GPU and fail).
+    jit_compile: str | bool = False
     seed: int = 0
 
 
@@ -151,7 +153,9 @@ def check_config(config):
     if not isinstance(config.dataset_options, dict):
         raise ValueError(f"`dataset_options` must be a dict, got {config.dataset_options!r}.")
     if len(config.scale_range) != 2 or not 0 < config.scale_range[0] <= config.scale_range[1]:
-        raise ValueError(f"`scale_range` must be (min, max), 0 < min <= max, got {config.scale_range!r}.")
+        raise ValueError(
+            f"`scale_range` must be (min, max), 0 < min <= max, got {config.scale_range!r}."
+        )
 
 
 def resolve_config(config):
@@ -434,10 +438,15 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         if loss is None or math.isfinite(float(loss)):
             return
         step = int(self.model.optimizer.iterations.numpy())
+        epoch = restored_epoch(self.backup_dir)
+        saved = (
+            f"The last good state, after epoch {epoch}, is in {self.backup_dir}."
+            if epoch
+            else "No epoch had finished, so nothing was saved."
+        )
         raise TrainingDiverged(
-            f"training stopped: the loss is {float(loss)} at step {step}. The weights are "
-            f"no longer usable. The last good state is in {self.backup_dir} (the end of "
-            f"the last finished epoch). Try a lower learning rate (now "
+            f"training stopped: the loss is {float(loss)} at step {step}; the weights are "
+            f"no longer usable. {saved} Try a lower learning rate (now "
             f"{self.learning_rate:g}), or check the data and labels."
         )
 
@@ -659,9 +668,7 @@ def train(config, out_dir, strategy="auto", verbose=1, log=print):
 
         export = InferenceExport(model)
         schedule = learning_rate_schedule(config)
-        backup = ResumableBackup(
-            backup_dir, write_dir=os.path.join(write_dir, "backup"), log=log
-        )
+        backup = ResumableBackup(backup_dir, write_dir=os.path.join(write_dir, "backup"), log=log)
         callbacks = [
             StopOnNonFiniteLoss(backup_dir, config.learning_rate),
             StopAtStep(config.steps),
@@ -679,7 +686,7 @@ def train(config, out_dir, strategy="auto", verbose=1, log=print):
                 os.path.join(write_dir, "logs"), update_freq=min(100, config.steps_per_epoch)
             ),
         ]
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), multi_worker_fit(model):
             # Keras warns each time the (finite) validation data ends; the training
             # data repeats forever.
             warnings.filterwarnings("ignore", message="Your input ran out of data")

@@ -62,9 +62,7 @@ VARIANTS = {
     "max_merge": dict(scales=(1.0, 0.5), fusion="max"),
     "average_merge": dict(scales=(1.0, 0.5), fusion="average"),
     "attention_to_scale": dict(scales=(1.0, 0.5), fusion="attention_to_scale"),
-    "multi_stage": dict(
-        **_ATTENTION, hypercolumn=True, scale_dilations=None, recalibration=None
-    ),
+    "multi_stage": dict(**_ATTENTION, hypercolumn=True, scale_dilations=None, recalibration=None),
     "diverse_dilations": dict(
         **_ATTENTION, hypercolumn=True, scale_dilations="auto", recalibration=None
     ),

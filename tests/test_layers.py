@@ -51,7 +51,9 @@ def test_adaptive_average_pool_matches_numpy_cells():
     # Row cells of 7 into 3: [0, 3), [2, 5), [4, 7); columns of 9: [0, 3), [3, 6), [6, 9).
     np.testing.assert_allclose(pooled[:, 1, 2], features[:, 2:5, 6:9].mean(axis=(1, 2)), rtol=1e-5)
     np.testing.assert_allclose(
-        np.asarray(adaptive_average_pool(features, 1))[:, 0, 0], features.mean(axis=(1, 2)), rtol=1e-5
+        np.asarray(adaptive_average_pool(features, 1))[:, 0, 0],
+        features.mean(axis=(1, 2)),
+        rtol=1e-5,
     )
 
 

@@ -1,0 +1,205 @@
+"""`msattn train`: a recipe end to end on a fake VOC tree, the inference copy, NaN, bad input."""
+
+import json
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from fake_datasets import make_fake_voc
+
+import keras_msattn  # noqa: F401  (registers the classes for safe-mode loading)
+from keras_msattn import training
+from keras_msattn.cli import main
+from keras_msattn.training import TEMPORARY_PREFIX, TrainConfig, inference_model
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+VOC_RECIPE = str(RECIPES / "voc2012_vgg16_largefov.py")
+ADE_RECIPE = str(RECIPES / "ade20k_resnet34_d8.py")
+DIGITS_RECIPE = str(RECIPES / "scale_digits_mobilenet_v2.py")
+
+# A tiny model and run in place of the recipe's VGG16 at 321 px for 20k steps.
+TINY = [
+    'backbone="mobilenet_v2"',
+    "backbone_width=0.35",
+    "backbone_weights=None",
+    "head_channels=8",
+    "crop_size=64",
+    "val_size=64",
+    "batch_size=2",
+    "steps=3",
+    "steps_per_epoch=2",
+]
+
+
+def sets(values):
+    return [arg for value in values for arg in ("--set", value)]
+
+
+def read(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def voc_dir(tmp_path_factory):
+    return make_fake_voc(tmp_path_factory.mktemp("voc"))["data_dir"]
+
+
+def test_train_voc_recipe_writes_every_output(voc_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(
+        ["train", VOC_RECIPE, "--data-dir", voc_dir, "--out", str(out), "--mixed-precision"]
+        + sets(TINY)
+    )
+    assert code == 0, capsys.readouterr().err
+
+    config = read(out / "config.json")
+    assert config["num_classes"] == 21  # resolved from the dataset
+    assert config["mixed_precision"] is True and config["data_dir"] == voc_dir
+    assert (config["fusion"], config["recalibration"]) == ("attention", "multiply")  # "full"
+
+    # 3 steps in epochs of 2: the last epoch is cut at the target step.
+    history = read(out / "history.json")
+    assert [(e["epoch"], e["step"]) for e in history] == [(1, 2), (2, 3)]
+    # Poly decay: 1e-3 * (1 - 2/3)^0.9 after epoch 1, 0 at the last step.
+    assert history[0]["learning_rate"] == pytest.approx(1e-3 * (1 / 3) ** 0.9, rel=1e-5)
+    assert history[1]["learning_rate"] == 0.0
+    scores = [e["val_final_miou"] for e in history]
+    best = read(out / "best.json")
+    assert best["monitor"] == "val_final_miou" and best["value"] == max(scores)
+    assert best["epoch"] == 1 + scores.index(max(scores))
+    assert read(out / "backup" / "training_metadata.json")["epoch"] == 2
+    assert any(name.startswith("events") for name in os.listdir(out / "logs" / "train"))
+    assert not [
+        name for _, _, files in os.walk(out) for name in files if name.startswith(TEMPORARY_PREFIX)
+    ]
+
+    # Inference models: one float32 logits output, even after mixed-precision training.
+    images = np.random.default_rng(0).integers(0, 256, (1, 64, 80, 3), dtype=np.uint8)
+    for name in ("model.keras", "best.keras"):
+        model = keras.saving.load_model(out / name, safe_mode=True)
+        assert not model.deep_supervision and model.dtype_policy.name == "float32"
+        logits = model.predict(images, verbose=0)
+        assert logits.shape == (1, 64, 80, 21) and logits.dtype == np.float32
+        assert np.isfinite(logits).all()
+
+
+def test_inference_model_is_the_final_output_with_the_same_weights():
+    config = TrainConfig(
+        backbone="mobilenet_v2", backbone_width=0.35, backbone_weights=None, head_channels=8,
+        num_classes=5, scales=(1.0, 0.5),
+    )  # fmt: skip
+    model = training.build_model(config)
+    # Move every weight off its initial value, so that a missed copy shows.
+    rng = np.random.default_rng(1)
+    for variable in model.weights:
+        variable.assign(variable.numpy() + rng.normal(0, 0.05, variable.shape).astype("float32"))
+    clone = inference_model(model)
+    assert not clone.deep_supervision and len(clone.weights) == len(model.weights)
+    images = rng.uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    expected = model(images, training=False)["final"]
+    np.testing.assert_allclose(clone(images, training=False), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_inference_model_of_a_mixed_precision_model_is_float32():
+    config = TrainConfig(
+        backbone="mobilenet_v2", backbone_width=0.35, backbone_weights=None, head_channels=8,
+        num_classes=5, scales=(1.0,), fusion=None,
+    )  # fmt: skip
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = training.build_model(config)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    clone = inference_model(model)
+    assert model.dtype_policy.name == "mixed_bfloat16"
+    assert {layer.dtype_policy.name for layer in clone._flatten_layers()} == {"float32"}
+    for source, target in zip(model.weights, clone.weights, strict=True):
+        np.testing.assert_array_equal(source.numpy(), target.numpy())
+
+
+def test_nan_loss_stops_with_the_step_and_a_nonzero_exit(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(
+        ["train", DIGITS_RECIPE, "--variant", "single_scale", "--out", str(out)]
+        + sets(
+            [
+                'dataset_options={"image_size": 64}',
+                "crop_size=64",
+                "val_size=64",
+                "val_images=2",
+                "backbone_width=0.35",
+                "head_channels=8",
+                "batch_size=2",
+                "steps=6",
+                "steps_per_epoch=3",
+                'optimizer="sgd"',
+                "learning_rate=1e30",
+            ]
+        )
+    )
+    error = capsys.readouterr().err
+    assert code == 3
+    assert "msattn train: training stopped: the loss is nan at step" in error
+    assert "Try a lower learning rate (now 1e+30)" in error
+    assert not (out / "model.keras").exists() and not (out / "best.keras").exists()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--set", "stepz=3"], "unknown key 'stepz' in --set; allowed keys: dataset, data_dir"),
+        (["--set", "steps"], "--set expects key=value, got 'steps'"),
+        (
+            ["--variant", "fulll"],
+            "unknown variant 'fulll'; allowed variants: single_scale, max_merge",
+        ),
+        (["--set", "steps=0"], "`steps` must be an integer >= 1, got 0"),
+        (["--set", 'optimizer="lamb"'], "`optimizer` must be one of ('sgd', 'adam', 'adamw')"),
+    ],
+)
+def test_bad_arguments_are_errors_naming_the_choices(arguments, message, tmp_path, capsys):
+    code = main(["train", VOC_RECIPE, "--out", str(tmp_path / "run")] + arguments)
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_recipe_is_an_error(tmp_path, capsys):
+    code = main(["train", str(tmp_path / "nope.py"), "--out", str(tmp_path / "run")])
+    assert code == 2 and "recipe not found" in capsys.readouterr().err
+
+
+def test_set_values_are_literals_where_they_parse():
+    assert training.parse_overrides(
+        ["steps=5", "scales=(1.0,)", "fusion=None", "backbone=resnet34_d8", 'dataset="ade20k"']
+    ) == {
+        "steps": 5,
+        "scales": (1.0,),
+        "fusion": None,
+        "backbone": "resnet34_d8",
+        "dataset": "ade20k",
+    }
+
+
+@pytest.mark.parametrize("recipe", [VOC_RECIPE, ADE_RECIPE, DIGITS_RECIPE])
+def test_every_recipe_variant_is_a_valid_model(recipe):
+    module = training.load_recipe(recipe)
+    model_fields = {
+        "scales", "fusion", "hypercolumn", "scale_dilations", "recalibration", "pyramid_pooling",
+    }  # fmt: skip
+    assert module.DEFAULT_VARIANT in module.VARIANTS
+    for name, overrides in module.VARIANTS.items():
+        # Variants change the model only, and say every fusion argument they rely on.
+        assert set(overrides) <= model_fields, name
+        config = training.resolve_config(training.recipe_config(module, name))
+        # The same arguments on a small backbone: MultiScaleSegmenter accepts them.
+        small = training.dataclasses.replace(
+            config, backbone="mobilenet_v2", backbone_width=0.35, backbone_weights=None,
+            head_channels=8, output_stride=8,
+        )  # fmt: skip
+        model = training.build_model(small)
+        outputs = model(np.zeros((1, 64, 64, 3), "float32"))
+        assert sorted(outputs) == sorted(keras_msattn.output_names(config.scales)), name
