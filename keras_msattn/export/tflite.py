@@ -78,7 +78,7 @@ def resolve_input_size(model, input_size=None):
         if input_size is None:
             raise ValueError(
                 "`input_size` is required: this model takes any image size, and a LiteRT "
-                "model has one fixed size (pass e.g. the training crop, input_size=(513, 513))."
+                "model has one fixed size (pass e.g. the training crop, input_size=(513, 513) in Python, --input-size 513 513 on the command line)."
             )
     try:
         height, width = (int(v) for v in input_size)
