@@ -1,18 +1,12 @@
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from subprocess_script import run_script
 
 from keras_msattn.losses import SegmentationCrossEntropy, deep_supervision_losses
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def numpy_cross_entropy(labels, logits, ignore_label=255, pixel_weights=None):
@@ -237,17 +231,7 @@ DISTRIBUTED_SCRIPT = textwrap.dedent(
 
 def test_reduction_under_mirrored_strategy():
     """Two replicas: value and gradient are the mean of per-replica valid-pixel means."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run(
-        [sys.executable, "-c", DISTRIBUTED_SCRIPT],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = run_script(DISTRIBUTED_SCRIPT)
     assert out["replicas"] == 2
     # Not scaled by the replica count (a scalar returned from `call` would double it).
     assert out["reported"] == pytest.approx(out["replica_mean"], rel=1e-5)

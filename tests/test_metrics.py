@@ -1,13 +1,10 @@
 import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+from subprocess_script import run_script
 
 from keras_msattn.losses import SegmentationCrossEntropy
 from keras_msattn.metrics import (
@@ -18,7 +15,6 @@ from keras_msattn.metrics import (
     segmentation_scores,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 5
 
 
@@ -283,17 +279,7 @@ DISTRIBUTED_SCRIPT = textwrap.dedent(
 
 
 def test_metrics_sum_over_replicas_under_mirrored_strategy():
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run(
-        [sys.executable, "-c", DISTRIBUTED_SCRIPT],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = run_script(DISTRIBUTED_SCRIPT)
     assert out["replicas"] == 2
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(8, 5, 5, 4)).astype("float32")

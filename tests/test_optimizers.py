@@ -1,14 +1,10 @@
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from subprocess_script import run_script
 
 from keras_msattn.optimizers import (
     MultiRateAdam,
@@ -17,8 +13,6 @@ from keras_msattn.optimizers import (
     PolyDecay,
     make_optimizer,
 )
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_model():
@@ -276,16 +270,6 @@ DISTRIBUTED_SCRIPT = textwrap.dedent(
 
 
 def test_rates_under_mirrored_strategy():
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run(
-        [sys.executable, "-c", DISTRIBUTED_SCRIPT],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = run_script(DISTRIBUTED_SCRIPT)
     assert out["replicas"] == 2
     np.testing.assert_allclose(out["rates"], [0.01, 0.01, 0.1, 0.1], rtol=1e-4)
