@@ -7,6 +7,7 @@ import pytest
 
 from keras_msattn import MultiScaleSegmenter
 from keras_msattn.cli import main
+from keras_msattn.export.command import DEFAULT_AUGMENTATION, recorded_augmentation
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +106,8 @@ def test_saved_model(saved_models, tmp_path):
         (["--format", "tflite", "--quantization", "qat"], "needs --calibration"),
         (["--format", "saved_model", "--quantization", "float16"], "tflite only"),
         (["--format", "tflite", "--input-size", "8", "8"], "at least 16x16"),
+        (["--format", "tflite", "--per-tensor"], "--per-tensor applies"),
+        (["--format", "tflite", "--quantization", "dynamic", "--per-tensor"], "int8_full only"),
     ],
 )
 def test_bad_arguments_exit_with_a_message(saved_models, tmp_path, capsys, arguments, message):
@@ -118,3 +121,51 @@ def test_bad_arguments_exit_with_a_message(saved_models, tmp_path, capsys, argum
 def test_missing_model_file(tmp_path, capsys):
     code = main(["export", str(tmp_path / "nope.keras"), "--format", "tflite", "--out", "x"])
     assert code == 2 and "model file not found" in capsys.readouterr().err
+
+
+def test_recorded_augmentation_beside_the_model_or_in_training(tmp_path):
+    model = tmp_path / "model.keras"
+    augmentation, source = recorded_augmentation(model)
+    assert augmentation == DEFAULT_AUGMENTATION and "no training config" in source
+    # The quickstart's layout: config.json in training/ beside model.keras.
+    (tmp_path / "training").mkdir()
+    recorded = {"crop_size": 128, "scale_range": [0.75, 1.25], "flip": False}
+    (tmp_path / "training" / "config.json").write_text(json.dumps(recorded))
+    augmentation, source = recorded_augmentation(model)
+    assert augmentation == {"scale_range": (0.75, 1.25), "flip": False}
+    assert source == str(tmp_path / "training" / "config.json")
+    # `msattn train`'s layout, beside the model, comes first.
+    (tmp_path / "config.json").write_text(json.dumps({"scale_range": [0.5, 1.5], "flip": True}))
+    assert recorded_augmentation(model)[0] == {"scale_range": (0.5, 1.5), "flip": True}
+    # Unusable values fall back to the defaults rather than failing the export.
+    (tmp_path / "config.json").write_text(json.dumps({"scale_range": "big", "flip": True}))
+    assert recorded_augmentation(model)[0] == DEFAULT_AUGMENTATION
+
+
+def test_qat_fine_tunes_with_the_recorded_augmentation(tmp_path, monkeypatch, capsys):
+    import keras_msattn.data.augment as augment
+
+    keras.utils.set_random_seed(0)
+    MultiScaleSegmenter(
+        backbone="mobilenet_v2", num_classes=11, backbone_width=0.35, scales=(1.0,), fusion=None
+    ).save(tmp_path / "model.keras")
+    (tmp_path / "training").mkdir()
+    (tmp_path / "training" / "config.json").write_text(
+        json.dumps({"crop_size": 64, "scale_range": [0.75, 1.25], "flip": False})
+    )
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_pipeline(dataset, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(augment, "train_pipeline", fake_pipeline)
+    arguments = ["--format", "tflite", "--quantization", "qat", "--calibration", "scale_digits"]
+    with pytest.raises(Stop):
+        main(["export", str(tmp_path / "model.keras"), *arguments, "--out", str(tmp_path / "o")])
+    assert seen["scale_range"] == (0.75, 1.25) and seen["flip"] is False
+    assert seen["crop_size"] == (64, 64)
+    assert "random scale (0.75, 1.25), flips off" in capsys.readouterr().out

