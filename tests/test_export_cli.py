@@ -139,7 +139,8 @@ def test_recorded_augmentation_beside_the_model_or_in_training(tmp_path):
     assert recorded_augmentation(model)[0] == {"scale_range": (0.5, 1.5), "flip": True}
     # Unusable values fall back to the defaults rather than failing the export.
     (tmp_path / "config.json").write_text(json.dumps({"scale_range": "big", "flip": True}))
-    assert recorded_augmentation(model)[0] == DEFAULT_AUGMENTATION
+    augmentation, source = recorded_augmentation(model)
+    assert augmentation == DEFAULT_AUGMENTATION and "no usable scale_range" in source
 
 
 def test_qat_fine_tunes_with_the_recorded_augmentation(tmp_path, monkeypatch, capsys):

@@ -3,7 +3,8 @@
     msattn export MODEL.keras --format saved_model|tflite
         [--quantization none|float16|dynamic|int8|int8_full|qat]
         [--calibration DATASET [--data-dir DIR]] [--num-calibration N]
-        [--input-size H W] [--output logits|labels] [--threads N] --out DIR
+        [--input-size H W] [--output logits|labels] [--per-tensor] [--keep-names]
+        [--threads N] --out DIR
 
 Calibration, QAT and validation images come from `keras_msattn.data`: the
 training split (shuffled) for calibration, the training pipeline for QAT (crops
@@ -107,7 +108,8 @@ def recorded_augmentation(model_path):
         and all(isinstance(v, (int, float)) and v > 0 for v in scale_range)
     )
     if not (valid_range and isinstance(flip, bool)):
-        return dict(DEFAULT_AUGMENTATION), "train_pipeline defaults (no training config.json)"
+        why = f"{path} has no usable scale_range and flip" if path else "no training config.json"
+        return dict(DEFAULT_AUGMENTATION), f"train_pipeline defaults ({why})"
     return {"scale_range": tuple(float(v) for v in scale_range), "flip": flip}, path
 
 
