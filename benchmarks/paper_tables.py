@@ -21,6 +21,7 @@ the paper's PASCAL VOC 2012 numbers (VGG16) for reference.
     python benchmarks/paper_tables.py --steps 3 --seeds 0 --variants single_scale full \\
         --test-images 4 --out /tmp/smoke.jsonl                   # a smoke test
     python benchmarks/paper_tables.py --report                   # the table only
+    python benchmarks/paper_tables.py --timing 100               # ms per step, idle machine
 
 Absolute numbers are far below the paper's: a tiny network trained from
 scratch for 1,500 steps on another dataset. What can carry over is the
@@ -105,7 +106,16 @@ def parse_args(argv=None):
     parser.add_argument(
         "--report", action="store_true", help="print the table from --out, train nothing"
     )
+    parser.add_argument(
+        "--timing",
+        type=int,
+        metavar="N",
+        help="only time every variant: 2N steps, the second N timed (ms per step); "
+        "run it on an otherwise idle machine",
+    )
     args = parser.parse_args(argv)
+    if args.timing is not None and args.timing < 1:
+        parser.error(f"--timing must be >= 1, got {args.timing}")
     for name in ("steps", "test_images", "batch_size", "head_channels"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -244,6 +254,37 @@ def train_and_evaluate(args, variant, seed):
     }
 
 
+def time_variants(args):
+    """Training time per step of every variant, after tracing and warm-up."""
+    import tempfile
+
+    import keras
+
+    from keras_msattn.training import train
+
+    print(f"| variant | parameters | ms per step | minutes for {args.steps} steps |")
+    print("|---|---|---|---|")
+    for variant in args.variants:
+        config = dataclasses.replace(
+            run_config(args, variant, args.seeds[0]),
+            steps=2 * args.timing,
+            steps_per_epoch=args.timing,
+        )
+        keras.backend.clear_session()
+        with tempfile.TemporaryDirectory() as out_dir:
+            result = train(config, out_dir, verbose=0, log=lambda message: None)
+            model = keras.saving.load_model(result["model_path"], compile=False)
+        # history's elapsed_seconds counts from the start of fit: the first epoch
+        # holds tracing and warm-up, the second only steps.
+        first, second = (entry["elapsed_seconds"] for entry in result["history"][:2])
+        per_step = (second - first) / args.timing
+        print(
+            f"| {LABELS[variant]} | {model.count_params():,} | {1000 * per_step:.0f} | "
+            f"{per_step * args.steps / 60:.1f} |",
+            flush=True,
+        )
+
+
 def _percent(values):
     values = [v for v in values if v is not None]
     if not values:
@@ -286,6 +327,9 @@ def latest_per_run(records):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.timing is not None:
+        time_variants(args)
+        return 0
     failed = []
     if not args.report:
         done = {(r["variant"], r["seed"]) for r in matching(read_records(args.out), args)}
