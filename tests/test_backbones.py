@@ -113,6 +113,26 @@ def test_mobilenet_v2_parameter_count(width):
         assert model.count_params() == 1_843_264
 
 
+def test_mobilenet_v2_initialization_is_seeded_and_distinct():
+    def depthwise_kernels(seed):
+        keras.utils.set_random_seed(seed)
+        model = build_backbone("mobilenet_v2", weights=None, output_stride=16, width=0.35)
+        return [
+            np.asarray(layer.kernel)
+            for layer in model.layers
+            if isinstance(layer, keras.layers.DepthwiseConv2D)
+        ]
+
+    first, again, other = depthwise_kernels(0), depthwise_kernels(0), depthwise_kernels(1)
+    assert len(first) == 17
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not any(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+    # Kernels of one shape are drawn separately, not copies of one draw.
+    same_shape = [k for k in first if k.shape == first[-1].shape]
+    assert len(same_shape) > 1
+    assert len({k.tobytes() for k in same_shape}) == len(same_shape)
+
+
 def _dilation(model, layer_name):
     return model.get_layer(layer_name).dilation_rate
 

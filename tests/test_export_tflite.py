@@ -6,9 +6,12 @@ import os
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
+from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.interpreter import Interpreter
 
 from keras_msattn import MultiScaleSegmenter
-from keras_msattn.export import LiteRTModel, export_tflite, op_summary, verify_tflite
+from keras_msattn.export import LiteRTModel, export_tflite, op_summary, tflite, verify_tflite
 from keras_msattn.losses import SegmentationCrossEntropy
 
 SIZE = 64
@@ -25,8 +28,8 @@ def tiny_trained_segmenter():
         input_shape=(SIZE, SIZE, 3),
     )
     images, labels = colour_data(8, seed=0)
-    # SGD, not Adam: Adam's first steps are sign-like and turn rounding noise into
-    # different weights from run to run; the checks below need the same model each time.
+    # SGD, not Adam: Adam's first steps are sign-like and would turn rounding noise
+    # into different weights; the checks below need the same model each time.
     model.compile(keras.optimizers.SGD(0.05), SegmentationCrossEntropy(), run_eagerly=True)
     model.fit(images, labels, batch_size=4, epochs=1, verbose=0)
     return model
@@ -140,19 +143,16 @@ def test_integer_artifacts_agree_with_keras(exported, quantization):
     labels = outputs if quantization.endswith("labels") else outputs.argmax(-1)
     agreement = (labels == expected).mean()
     assert reports[quantization]["agreement"]["argmax_agreement"] == pytest.approx(agreement)
-    # Two training steps leave many near-ties between classes, and where the tiny model
-    # has not decided, int8 rounding may decide either way (run-to-run noise in
-    # training moves their share). Where Keras's top-2 margin is well above int8's
-    # typical logit error, the artifact must pick the same class.
+    # The tiny model is the same in every run (seeded initializers, SGD); 99.7% seen.
+    assert agreement >= 0.98
+    # Where Keras's top-2 margin is well above int8's typical logit error, the
+    # artifact must pick the same class.
     top2 = np.sort(logits, axis=-1)[..., -2:]
     decided = (top2[..., 1] - top2[..., 0]) > 4 * reports["int8"]["agreement"][
         "mean_abs_logit_diff"
     ]
-    # The decided share itself moves between runs (0.29 to 0.97 seen); a tenth of
-    # the 16,384 pixels is still enough for the check to mean something.
-    assert decided.mean() > 0.1
-    assert (labels[decided] == expected[decided]).mean() >= 0.98
-    assert agreement >= 0.6
+    assert decided.mean() > 0.5  # 0.93 seen
+    assert (labels[decided] == expected[decided]).mean() >= 0.995
     # Every compute operator runs in int8.
     assert reports[quantization]["float_ops"] == {}
 
@@ -227,3 +227,46 @@ def test_verify_tflite_without_model_or_images(exported):
     result = verify_tflite(str(out / "model_none.tflite"), latency_runs=3, warmup_runs=1)
     assert result["samples"]["source"] == "synthetic images"
     assert "agreement" not in result and result["latency"]["runs"] == 3
+
+
+def test_compact_stores_each_vector_once_and_runs_the_same():
+    # A convolution used twice on differently ranged inputs: the int8 file holds
+    # its weights once, one bias per call, and per-channel zero points all zero.
+    inputs = keras.Input((16, 16, 3))
+    conv = keras.layers.Conv2D(8, 3, padding="same", name="shared_conv")
+    outputs = keras.layers.Concatenate()([conv(inputs), conv(inputs * 4.0)])
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, (8, 16, 16, 3)).astype("float32")
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([image[None]] for image in images)
+    original = converter.convert()
+    small = tflite.compact(original, strip_names=False)
+    assert len(small) < len(original)
+
+    stored = schema.Model.GetRootAsModel(small, 0)
+    graph = stored.Subgraphs(0)
+    zero_point_vectors = set()
+    for i in range(graph.TensorsLength()):
+        tensor = graph.Tensors(i)
+        # Only constants have a buffer of their own; the rest share the empty one.
+        assert (tensor.Buffer() == 0) == (stored.Buffers(tensor.Buffer()).DataLength() == 0)
+        quantization = tensor.Quantization()
+        if quantization is not None and quantization.ZeroPointLength() == 8:
+            zero_point_vectors.add(quantization._tab.Vector(quantization._tab.Offset(10)))
+    assert stored.Buffers(0).DataLength() == 0
+    assert len(zero_point_vectors) == 1  # kernel and both biases: one stored vector
+    assert graph.Tensors(0).Name()  # names kept when asked
+
+    def run(flatbuffer):
+        interpreter = Interpreter(model_content=flatbuffer)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images[:1])
+        interpreter.invoke()
+        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+    np.testing.assert_array_equal(run(small), run(original))
+    assert (
+        not schema.Model.GetRootAsModel(tflite.compact(original), 0).Subgraphs(0).Tensors(0).Name()
+    )

@@ -70,7 +70,13 @@ def _bn(name):
 # fan-in as 9 * channels, which shrinks activations layer after layer until a
 # fresh MobileNetV2 outputs ~1e-11; a depthwise filter really sees 9 inputs.
 _CONV_INIT = "he_normal"
-_DEPTHWISE_INIT = keras.initializers.RandomNormal(stddev=(2.0 / 9.0) ** 0.5)
+
+
+def _depthwise_init():
+    # A new initializer per layer: one shared instance draws its seed once, at
+    # import (outside `keras.utils.set_random_seed`), and gives every depthwise
+    # kernel of one shape the same values.
+    return keras.initializers.RandomNormal(stddev=(2.0 / 9.0) ** 0.5)
 
 
 def _inverted_res_block(x, expansion, filters, stride, dilation, residual, block_id):
@@ -96,7 +102,7 @@ def _inverted_res_block(x, expansion, filters, stride, dilation, residual, block
         padding="same",
         dilation_rate=dilation,
         use_bias=False,
-        depthwise_initializer=_DEPTHWISE_INIT,
+        depthwise_initializer=_depthwise_init(),
         name=f"{prefix}depthwise",
     )(x)
     x = _bn(f"{prefix}depthwise_BN")(x)
