@@ -112,6 +112,26 @@ def test_flex_op_is_named_and_nothing_is_written(tmp_path):
     assert listing(tmp_path) == []
 
 
+def test_converter_failures_on_builtins_are_not_called_flex():
+    class Operator:
+        def __init__(self, name):
+            self.name = name
+
+    class Item:
+        def __init__(self, name):
+            self.operator = Operator(name)
+
+    class ConverterFailure(Exception):
+        def __init__(self, *names):
+            super().__init__("conversion failed")
+            self.errors = [Item(name) for name in names]
+
+    # A quantization failure on a builtin concatenation is not a Flex problem:
+    # the converter's own error must surface, not "needs the Flex delegate".
+    assert tflite._unsupported_ops(ConverterFailure("tfl.concatenation")) == []
+    assert tflite._unsupported_ops(ConverterFailure("tf.Erfinv", "tfl.add")) == ["Erfinv"]
+
+
 def test_failed_export_keeps_the_previous_artifact(tmp_path, monkeypatch):
     model = small_model()
     path = tmp_path / "m.tflite"

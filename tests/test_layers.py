@@ -44,24 +44,6 @@ def test_resize_by_scale_rounds_sizes():
         ResizeByScale(0.0)
 
 
-def test_resize_to_reference_adds_no_op_when_the_sizes_match():
-    def resize_ops(feature_side):
-        features = keras.Input((feature_side, feature_side, 4))
-        grid = keras.Input((8, 8, 1))
-        resized = ResizeToReference()([features, grid])
-        model = keras.Model([features, grid], resized)
-        function = tf.function(lambda f, g: model([f, g])).get_concrete_function(
-            tf.TensorSpec((1, feature_side, feature_side, 4)), tf.TensorSpec((1, 8, 8, 1))
-        )
-        return [op.type for op in function.graph.get_operations() if "Resize" in op.type]
-
-    assert resize_ops(8) == []
-    assert resize_ops(4) == ["ResizeBilinear"]
-    values = np.random.default_rng(0).normal(size=(1, 8, 8, 4)).astype("float32")
-    out = ResizeToReference()([values, np.zeros((1, 8, 8, 1), "float32")])
-    np.testing.assert_array_equal(out, values)
-
-
 def test_adaptive_average_pool_matches_numpy_cells():
     features = np.random.default_rng(0).normal(size=(2, 7, 9, 3)).astype("float32")
     pooled = np.asarray(adaptive_average_pool(features, 3))

@@ -134,7 +134,9 @@ def _unsupported_ops(error):
     names = set()
     for item in getattr(error, "errors", None) or []:
         name = getattr(getattr(item, "operator", None), "name", "")
-        if name:
+        # "tf.X" is a TensorFlow operator without a builtin; "tfl.X" is a builtin
+        # the converter failed on for another reason (e.g. quantization).
+        if name.startswith("tf."):
             names.add(name.removeprefix("tf."))
     names.update(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", text))
     for line in re.findall(r"(?:Flex|Custom|Select TF) ops: ([^\n]+)", text):

@@ -86,8 +86,6 @@ class ResizeToReference(keras.layers.Layer):
         static_h, static_w = reference.shape[1], reference.shape[2]
         if static_h is not None and static_w is not None:
             size = (static_h, static_w)
-            if tuple(images.shape[1:3]) == size:
-                return images  # already on the grid: no copy in the exported graph
         else:
             shape = ops.shape(reference)
             return backend_image.resize(
