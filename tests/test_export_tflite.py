@@ -229,6 +229,7 @@ def test_verify_tflite_without_model_or_images(exported):
     assert "agreement" not in result and result["latency"]["runs"] == 3
 
 
+@pytest.mark.filterwarnings("ignore:Statistics for quantized inputs")
 def test_compact_stores_each_vector_once_and_runs_the_same():
     # A convolution used twice on differently ranged inputs: the int8 file holds
     # its weights once, one bias per call, and per-channel zero points all zero.
