@@ -19,10 +19,10 @@ Quantization:
 
 int8 and int8_full quantize weights per output channel by default;
 `per_channel=False` uses one scale per tensor, which saves a float32 scale per
-channel and tensor use (a sixth of the quickstart model's int8 file). Every file is rewritten compactly (`compact`): equal
-vectors stored once (per-channel zero points are all zeros), tensors without
-data sharing the empty buffer, and tensor names stripped unless kept (LiteRT
-never reads them).
+channel and tensor use (a sixth of the quickstart model's int8 file). Every
+file is rewritten compactly (`compact`): equal vectors stored once (per-channel
+zero points are all zeros), tensors without data sharing the empty buffer, and
+tensor names stripped unless kept (LiteRT never reads them).
 """
 
 import os
@@ -240,8 +240,9 @@ def _share_empty_buffer(model):
             used.add(tensor.buffer)
     for entry in model.metadata or []:
         used.add(entry.buffer)
-    new_index = {old: new for new, old in enumerate(sorted(used))}
-    model.buffers = [model.buffers[old] for old in sorted(used)]
+    kept = sorted(used)
+    new_index = {old: new for new, old in enumerate(kept)}
+    model.buffers = [model.buffers[old] for old in kept]
     for graph in model.subgraphs:
         for tensor in graph.tensors:
             tensor.buffer = new_index[tensor.buffer]
