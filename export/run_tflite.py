@@ -34,6 +34,9 @@ OVERLAY_ALPHA = 0.5
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+
 class RunnerError(Exception):
     """A problem with the user's model, images or arguments (exit status 2)."""
 
@@ -126,6 +129,14 @@ def load_rgb(path):
         raise RunnerError(f"image file not found: {path}")
     try:
         with Image.open(path) as image:
+            # The package's limit (keras_msattn.data.images.MAX_IMAGE_PIXELS), from the
+            # header: checked before decoding, so memory stays bounded.
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise RunnerError(
+                    f"{path}: image of {width}x{height} pixels is larger than the "
+                    f"{MAX_IMAGE_PIXELS / 1e6:.1f} megapixels this runner decodes; downscale it"
+                )
             image.load()
             image = ImageOps.exif_transpose(image)
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
@@ -176,6 +187,12 @@ def restore(labels, box, size):
     return np.asarray(restored, np.uint8)
 
 
+def _umask():
+    mask = os.umask(0o022)  # reading the umask means setting it
+    os.umask(mask)
+    return mask
+
+
 def _save_png(image, path):
     # Write under a temporary name in the same folder, then rename: never a half PNG.
     folder = os.path.dirname(os.path.abspath(path))
@@ -183,7 +200,7 @@ def _save_png(image, path):
     os.close(handle)
     try:
         image.save(temporary, format="PNG")
-        os.chmod(temporary, 0o644)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
@@ -255,6 +272,7 @@ def build_parser():
         description="Segment images with an exported LiteRT (.tflite) model."
     )
     parser.add_argument("model", help="the .tflite file")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     parser.add_argument("--out", required=True, help="folder for the mask and overlay PNGs")
     parser.add_argument("--threads", type=int, default=None, help="interpreter CPU threads")
@@ -268,7 +286,11 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except RunnerError as error:
+    except (RunnerError, OSError) as error:
+        if args.debug:
+            raise
+        if isinstance(error, OSError) and error.filename:
+            error = f"{error.filename}: {error.strerror or error}"
         print(f"run_tflite: error: {error}", file=sys.stderr)
         return 2
 

@@ -171,6 +171,11 @@ def _add_evaluate(subparsers):
     _add_inference_options(parser)
     parser.add_argument("--max-images", type=int, default=None, help="score only the first N")
     parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip unreadable, too large or badly labelled files (counted) instead of failing",
+    )
+    parser.add_argument(
         "--out", default=None, help="JSON file (default: MODEL_eval_<dataset>_<split>.json)"
     )
     parser.set_defaults(run=_run_evaluate)
@@ -191,8 +196,12 @@ def _run_evaluate(args):
         flip=args.flip,
         sliding_window=args.sliding_window,
         max_images=args.max_images,
+        skip_bad=args.skip_bad,
     )
     print(f"{args.dataset} {results['split']}: {args.model}")
+    if args.skip_bad:
+        skipped = results["num_skipped"]
+        print(f"skipped {'an unknown number of' if skipped is None else skipped} bad file(s)")
     print(format_results(results))
     print(f"wrote {path}")
     return 0
@@ -342,6 +351,11 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="msattn", description="Multi-scale attention semantic segmentation."
     )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of an error instead of a one-line message",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_summary(subparsers)
     _add_data(subparsers)
@@ -353,13 +367,34 @@ def build_parser():
     return parser
 
 
+def _user_error(error):
+    """The message for an expected failure, or None for a bug (which keeps its traceback)."""
+    from keras_msattn.errors import UserError
+
+    if isinstance(error, (UserError, ValueError, FileNotFoundError, FileExistsError)):
+        return str(error)
+    if isinstance(error, OSError) and error.filename:
+        return f"{error.filename}: {error.strerror or error}"
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(error, tf.errors.OpError):
+        # A data pipeline stopped at a bad file: find it with the plain-Python checks.
+        from keras_msattn.data.images import find_bad_file
+
+        found = find_bad_file()
+        return None if found is None else str(found)
+    return None
+
+
 def main(argv=None):
     _quiet_tensorflow()
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"msattn {args.command}: error: {error}", file=sys.stderr)
+    except Exception as error:
+        message = None if args.debug else _user_error(error)
+        if message is None:
+            raise
+        print(f"msattn {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -49,6 +49,7 @@ import zipfile
 import keras
 import numpy as np
 
+from keras_msattn.errors import make_ordinary
 from keras_msattn.metrics import segmentation_scores
 
 # RGB colour of padded image pixels (normalizes to about zero), as the data pipelines pad.
@@ -444,6 +445,7 @@ def write_json(results, path):
         with os.fdopen(handle, "w") as f:
             json.dump(results, f, indent=2)
             f.write("\n")
+        make_ordinary(tmp)  # mkstemp makes it private
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -452,7 +454,7 @@ def write_json(results, path):
     return path
 
 
-def evaluate_to_json(path, model, dataset, num_classes, metadata=None, **options):
+def evaluate_to_json(path, model, dataset, num_classes, metadata=None, write=True, **options):
     """`evaluate(model, dataset, num_classes, **options)`, written to `path` as JSON.
 
     `metadata` (e.g. {"model": ..., "dataset": ..., "split": ...}) goes into the
@@ -460,7 +462,8 @@ def evaluate_to_json(path, model, dataset, num_classes, metadata=None, **options
     """
     results = dict(metadata or {})
     results.update(evaluate(model, dataset, num_classes, **options))
-    write_json(results, path)
+    if write:
+        write_json(results, path)
     return results
 
 
@@ -489,7 +492,7 @@ def format_results(results):
 # === Saved models ===
 
 
-def load_segmenter(path):
+def load_segmenter(path, compile=True):
     """A `.keras` model file, loaded with `safe_mode=True` (after registering our classes)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -497,13 +500,19 @@ def load_segmenter(path):
     if not path.endswith(".keras"):
         raise ValueError(f"{path}: expected a .keras model file (as `model.save(path)` writes)")
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path}: not a .keras model (a .keras file is a zip archive)")
+        raise ValueError(
+            f"{path}: damaged, or not a .keras model (a .keras file is a whole zip archive); "
+            "save or copy the model again"
+        )
     import keras_msattn  # noqa: F401  (registers the package's layers for deserialization)
 
     try:
-        return keras.saving.load_model(path, safe_mode=True)
-    except (OSError, KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{path}: cannot load the model ({error})") from error
+        return keras.saving.load_model(path, safe_mode=True, compile=compile)
+    except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        raise ValueError(
+            f"{path}: damaged or not a model this package wrote, cannot load it ({error}); "
+            "save or copy the model again"
+        ) from error
 
 
 def default_split(dataset, data_dir=None):
@@ -547,6 +556,7 @@ def evaluate_saved_model(
     sliding_window=None,
     max_images=None,
     verbose=1,
+    skip_bad=False,
 ):
     """Loads a `.keras` model, scores it on a dataset split and writes the JSON report.
 
@@ -559,6 +569,9 @@ def evaluate_saved_model(
         sliding_window: None, a crop size, or "model" for the model's fixed input size.
         tta_scales, flip, max_images, verbose: as `evaluate`. ScaleDigits also gets
             per-size-bucket mIoU.
+        skip_bad: skip bad files (counted on stderr, and in the results as
+            `num_skipped`: None where the count is unknown, e.g. cut short by
+            `max_images`) instead of failing.
 
     Returns:
         (results dict, JSON path).
@@ -577,6 +590,8 @@ def evaluate_saved_model(
     sliding_window = resolve_sliding_window(model, sliding_window, model_path)
     size_buckets = dataset == "scale_digits"
     options = {"with_size_map": True} if size_buckets else {}
+    if skip_bad:
+        options["skip_bad"] = True
     ds = load_dataset(dataset, split, data_dir, **options)
     out = out or default_json_path(model_path, dataset, split)
     metadata = {
@@ -598,5 +613,11 @@ def evaluate_saved_model(
         size_buckets=size_buckets,
         max_images=max_images,
         verbose=verbose,
+        write=False,
     )
+    num_files = getattr(ds, "msattn_num_files", None)
+    complete = max_images is None or results["num_images"] < max_images
+    skipped = num_files - results["num_images"] if num_files is not None and complete else None
+    results["num_skipped"] = skipped if skip_bad else 0
+    write_json(results, out)
     return results, out

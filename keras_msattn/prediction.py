@@ -41,6 +41,11 @@ def read_image(path):
         raise FileNotFoundError(f"{path}: no such image file")
     if os.path.isdir(path):
         raise ValueError(f"{path}: is a directory, not an image file")
+    from keras_msattn.data.images import image_size_problem
+
+    problem = image_size_problem(path)
+    if problem:
+        raise ValueError(f"{path}: {problem}")
     try:
         with Image.open(path) as image:
             image.load()

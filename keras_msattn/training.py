@@ -58,6 +58,7 @@ import tensorflow as tf
 
 from keras_msattn.data import dataset_info, eval_pipeline, load_dataset, train_pipeline
 from keras_msattn.distribute import describe, is_chief, make_strategy, multi_worker_fit
+from keras_msattn.errors import make_ordinary
 from keras_msattn.losses import deep_supervision_losses
 from keras_msattn.metrics import MeanIoU, PixelAccuracy
 from keras_msattn.optimizers import PolyDecay, make_optimizer
@@ -356,7 +357,7 @@ def _replace(write, path, suffix=""):
     temporary = _temporary(path, suffix)
     try:
         write(temporary)
-        os.chmod(temporary, 0o644)  # mkstemp makes it private
+        make_ordinary(temporary)  # mkstemp makes it private
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

@@ -18,6 +18,8 @@ import tempfile
 import numpy as np
 from PIL import Image
 
+from keras_msattn.errors import make_ordinary
+
 IGNORE_LABEL = 255
 IGNORE_COLOR = (255, 255, 255)
 # Figure resolution; panel sizes below are in inches.
@@ -95,6 +97,7 @@ def _atomic_write(path, write):
     os.close(handle)
     try:
         write(tmp)
+        make_ordinary(tmp)  # mkstemp makes it private
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

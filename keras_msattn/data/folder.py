@@ -38,6 +38,12 @@ def read_classes(data_dir):
         names = [line.strip() for line in f if line.strip()]
     if not names:
         raise ValueError(f"{path} lists no class names")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(
+            f"{path}: class names must be unique, but {', '.join(map(repr, repeated))} "
+            "appear more than once; each line names one class"
+        )
     return tuple(names)
 
 

@@ -17,6 +17,14 @@ are reduced to 8 bits (their high byte, v // 256) by `tf.io.decode_image`. Masks
 8-bit or 16-bit grayscale PNGs holding class indices, or palette PNGs whose palette index
 is the class (as VOC's SegmentationClass).
 
+Memory stays bounded: an image whose header (read without decoding) gives more than
+`MAX_IMAGE_PIXELS` pixels is refused before anything is decoded (or skipped and counted
+with `skip_bad=True`); `image_size_problem` is the one rule every command applies.
+
+A split read without `skip_bad` is remembered, so that when its pipeline stops at a bad
+file `find_bad_file` can name it (with the plain-Python checks of `check.py`) as a
+`keras_msattn.errors.DataError`, instead of a TensorFlow traceback.
+
 Decode failures raise inside TensorFlow's decoders, whose messages do not name the file.
 So the pipeline numbers the elements, drops failing ones with `ignore_errors`, and a `scan`
 that sees a gap in the numbering reports the files it lost. A sentinel after the last file
@@ -31,7 +39,18 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from keras_msattn.errors import DataError
+
 IGNORE_LABEL = 255
+# 16.8 megapixels (4096 x 4096): a full-resolution forward pass of a larger image needs
+# many GB (a 6000 x 6000 image took 10.2 GB in evaluation).
+MAX_IMAGE_PIXELS = 4096 * 4096
+SKIP_HINT = (
+    "fix or remove the file (`msattn data check` lists every bad file), or skip bad files: "
+    "`msattn evaluate --skip-bad`, `msattn train ... --set skip_bad=True`"
+)
+# Splits read without skip_bad, newest last (see find_bad_file).
+_WATCHED = []
 LOG = logging.getLogger("keras_msattn.data")
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -377,6 +396,57 @@ def _decode_failure_message(image_path, label_path):
     )
 
 
+def image_size_problem(path):
+    """None, or why the image at `path` is too large to decode (from its header alone)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:  # reads the header, decodes nothing
+            width, height = image.size
+    except Exception:  # not an image: the decoders report that with a better message
+        return None
+    if width * height <= MAX_IMAGE_PIXELS:
+        return None
+    return (
+        f"image of {width}x{height} pixels ({width * height / 1e6:.1f} megapixels) is larger "
+        f"than the {MAX_IMAGE_PIXELS / 1e6:.1f} megapixels this package decodes; downscale it"
+    )
+
+
+def _oversized(paths):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        problems = list(pool.map(image_size_problem, paths))
+    return {path: problem for path, problem in zip(paths, problems, strict=True) if problem}
+
+
+def find_bad_file():
+    """A `DataError` naming the first bad file of the splits read without skip_bad, or None.
+
+    For a pipeline that stopped: the tf.data checks raise inside TensorFlow, where the
+    error cannot carry the file; the same rules in plain Python find it again.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from keras_msattn.data.check import check_pair
+
+    for files in reversed(_WATCHED):
+        labels = files.label_sources or files.labels
+
+        def one(pair, files=files):
+            image, label, name = pair
+            return check_pair(image, label, files.num_classes, files.reduce_zero_label, name)
+
+        pairs = zip(files.images, files.labels, labels, strict=True)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for problems in pool.map(one, pairs):
+                if problems:
+                    path, problem = problems[0]
+                    return DataError(f"{path}: {problem}; {SKIP_HINT}")
+    return None
+
+
 def pairs_dataset(files, skip_bad=False, shuffle=False, seed=None):
     """tf.data.Dataset of (image uint8 (H, W, 3), label int32 (H, W)) from a `SplitFiles`.
 
@@ -388,14 +458,24 @@ def pairs_dataset(files, skip_bad=False, shuffle=False, seed=None):
         seed: shuffle seed.
     """
     description = files.description or "dataset"
+    oversized = _oversized(files.images)
+    if oversized:
+        keep = [i for i, path in enumerate(files.images) if path not in oversized]
+        files = dataclasses.replace(
+            files,
+            images=[files.images[i] for i in keep],
+            labels=[files.labels[i] for i in keep],
+            label_sources=files.label_sources and [files.label_sources[i] for i in keep],
+            missing=files.missing + list(oversized.items()),
+        )
     if files.missing:
         shown = "\n".join(f"  {path}: {problem}" for path, problem in files.missing[:10])
         more = len(files.missing) - 10
         shown += f"\n  ... and {more} more" if more > 0 else ""
         if not skip_bad:
             raise FileNotFoundError(
-                f"{description}: {len(files.missing)} file(s) of the split are missing or "
-                f"unreadable (pass skip_bad=True to skip them):\n{shown}"
+                f"{description}: {len(files.missing)} file(s) of the split are missing, "
+                f"unreadable or too large; {SKIP_HINT}:\n{shown}"
             )
         LOG.warning(
             "%s: skipping %d missing or unreadable file(s):\n%s",
@@ -405,6 +485,8 @@ def pairs_dataset(files, skip_bad=False, shuffle=False, seed=None):
         )
     if not files.images:
         raise ValueError(f"{description}: no usable images in the split")
+    if not skip_bad:
+        _WATCHED.append(files)
 
     n = len(files.images)
     image_paths = tf.constant(files.images)
@@ -499,6 +581,8 @@ def pairs_dataset(files, skip_bad=False, shuffle=False, seed=None):
         order = order.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     # One element per pass: that pass's file order, which the gap check needs as a whole.
     ds = order.batch(n).flat_map(one_pass)
+    # Files of the split, skipped ones included: what `evaluate` counts skips against.
+    ds.msattn_num_files = n + skipped_before
     return ds
 
 

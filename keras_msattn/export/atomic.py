@@ -12,6 +12,8 @@ import os
 import shutil
 import tempfile
 
+from keras_msattn.errors import make_ordinary
+
 
 def _temporary_name(path, directory=False):
     folder, name = os.path.split(os.path.abspath(path))
@@ -55,7 +57,7 @@ def commit(temporary, path):
         else:
             os.replace(temporary, path)
     else:
-        os.chmod(temporary, 0o644)
+        make_ordinary(temporary)  # mkstemp makes it private
         os.replace(temporary, path)
 
 

@@ -116,6 +116,11 @@ def recorded_augmentation(model_path):
 def _check_arguments(args):
     if not os.path.isfile(args.model):
         raise FileNotFoundError(f"model file not found: {args.model}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(
+            f"--out {args.out}: is a file; --out names the folder the export is written "
+            "into (it is created if need be)"
+        )
     if args.format == "saved_model" and args.quantization != "none":
         raise ValueError("--quantization applies to --format tflite only.")
     if args.format == "saved_model" and args.output != "logits":
@@ -140,14 +145,14 @@ def _check_arguments(args):
 
 def run_export(args):
     _check_arguments(args)
-    import keras
 
     import keras_msattn  # noqa: F401  (registers the model classes for loading)
+    from keras_msattn.evaluation import load_segmenter
     from keras_msattn.export import calibration
     from keras_msattn.export.saved_model import export_saved_model
     from keras_msattn.export.tflite import export_tflite, model_input_size
 
-    model = keras.saving.load_model(args.model, compile=False)
+    model = load_segmenter(args.model, compile=False)
     # LiteRT needs one size: the model's own, else the recorded training crop. A
     # SavedModel stays dynamic unless --input-size is given; its report then
     # compares at that same default size.
