@@ -56,6 +56,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_msattn import checkpoints
 from keras_msattn.data import dataset_info, eval_pipeline, load_dataset, train_pipeline
 from keras_msattn.distribute import describe, is_chief, make_strategy, multi_worker_fit
 from keras_msattn.errors import make_ordinary
@@ -468,10 +469,10 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     """`BackupAndRestore` with atomic writes and separate read and write folders.
 
     Keras writes `latest.weights.h5` and `training_metadata.json` in place; a kill
-    during the write would leave a file that cannot be read. Here each is written
-    to a temporary name and renamed. Weights first, then the epoch number: if a
-    kill falls between the two renames the epoch is redone from newer weights,
-    and `StopAtStep` still ends at the right step.
+    during the write would leave a file that cannot be read. Here
+    `keras_msattn.checkpoints` writes each through a temporary name, keeps the
+    previous epoch's weights beside the newest, and checks them when read: a
+    damaged newest checkpoint is reported and the previous one resumes.
 
     Multi-worker: every worker restores from the chief's `backup_dir` (a shared
     file system) and writes its own copy into `write_dir`, which is a temporary
@@ -485,25 +486,17 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         self.restored_epoch = 0
 
     def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        metadata = read_json(self._training_metadata_path)
-        if metadata is not None:
-            self.restored_epoch = metadata["epoch"]
+        # Two checked generations instead of Keras's one: see keras_msattn.checkpoints.
+        if checkpoints.exists(self.backup_dir):
+            if self.model.optimizer is not None and not self.model.optimizer.built:
+                self.model.optimizer.build(self.model.trainable_variables)  # before loading
+            self.restored_epoch = checkpoints.restore(self.model, self.backup_dir, self.log)
+            self.model._initial_epoch = self.restored_epoch
             step = int(self.model.optimizer.iterations.numpy())
             self.log(f"resuming from {self.backup_dir}: epoch {self.restored_epoch}, step {step}")
 
     def _save_model(self):
-        os.makedirs(self.write_dir, exist_ok=True)
-        weights = os.path.join(self.write_dir, "latest.weights.h5")
-        _replace(
-            lambda temporary: self.model.save_weights(temporary, overwrite=True),
-            weights,
-            suffix=".weights.h5",
-        )
-        write_json(
-            os.path.join(self.write_dir, "training_metadata.json"),
-            {"epoch": self._current_epoch, "batch": self._last_batch_seen},
-        )
+        checkpoints.save(self.model, self.write_dir, self._current_epoch, self._last_batch_seen)
 
 
 def best_path(out_dir):
@@ -512,8 +505,7 @@ def best_path(out_dir):
 
 def restored_epoch(backup_dir):
     """The epoch a backup in `backup_dir` resumes at (0 when there is none)."""
-    metadata = read_json(os.path.join(backup_dir, "training_metadata.json"))
-    return 0 if metadata is None else int(metadata["epoch"])
+    return checkpoints.usable_epoch(backup_dir)
 
 
 def _float_logs(logs):

@@ -161,7 +161,10 @@ def test_unreadable_files_are_named_and_fail_the_command(saved_model, images, tm
     [
         (["predict", "nope.keras", "x.png", "--out", "o"], "nope.keras: no such model file"),
         (["predict", "{images}", "x.png", "--out", "o"], "expected a .keras model file"),
-        (["predict", "{garbage}", "x.png", "--out", "o"], "garbage.keras: damaged, or not a .keras model"),
+        (
+            ["predict", "{garbage}", "x.png", "--out", "o"],
+            "garbage.keras: damaged, or not a .keras model",
+        ),
     ],
 )
 def test_bad_model_files_are_named(images, argv, message, tmp_path, capsys):
