@@ -43,7 +43,7 @@ from keras_msattn.errors import DataError
 
 IGNORE_LABEL = 255
 # 16.8 megapixels (4096 x 4096): a full-resolution forward pass of a larger image needs
-# many GB (a 6000 x 6000 image took 10.2 GB in evaluation).
+# many GB of memory.
 MAX_IMAGE_PIXELS = 4096 * 4096
 SKIP_HINT = (
     "fix or remove the file (`msattn data check` lists every bad file), or skip bad files: "
