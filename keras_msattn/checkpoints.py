@@ -84,6 +84,8 @@ def save(model, folder, epoch, batch=0):
         previous = read_index(folder)
     except CheckpointError:
         previous = None
+    if previous is not None and "weights" not in previous:  # Keras's own backup
+        previous = {**previous, "weights": LEGACY_WEIGHTS}
     entry = {"epoch": int(epoch), "batch": int(batch), "weights": name, "sha256": sha256(path)}
     if previous is not None and previous.get("weights") not in (None, name):
         previous.pop("previous", None)

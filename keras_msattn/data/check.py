@@ -37,6 +37,9 @@ def _read_image_size(path):
 
     if os.path.getsize(path) == 0:
         return None, image_rules.EMPTY_FILE
+    too_large = image_rules.image_size_problem(path)
+    if too_large:
+        return None, too_large
     try:
         with Image.open(path) as image:
             if image.format not in _IMAGE_FORMATS:
