@@ -388,6 +388,9 @@ def _user_error(error):
 def main(argv=None):
     _quiet_tensorflow()
     args = build_parser().parse_args(argv)
+    images = sys.modules.get("keras_msattn.data.images")
+    if images is not None:  # only this command's splits may be blamed for its errors
+        images.forget_watched()
     try:
         return args.run(args)
     except Exception as error:

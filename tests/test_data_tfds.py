@@ -3,6 +3,7 @@ import pytest
 import tensorflow as tf
 
 from keras_msattn.data import dataset_info, load_dataset
+from keras_msattn.data.images import find_bad_file
 from keras_msattn.data.tfds_masks import pet_example_to_pair
 
 TRIMAP = np.array([[1, 2, 3], [2, 1, 3]], np.uint8)  # 1 pet, 2 background, 3 border
@@ -71,6 +72,9 @@ def test_bad_examples_are_named_or_skipped(capfd):
         with pytest.raises(tf.errors.InvalidArgumentError) as error:
             list(ds)
         assert "bad_value.jpg" in error.value.message and ": 7" in error.value.message
+        # What msattn prints instead: the plain-Python checks find the example again.
+        found = str(find_bad_file())
+        assert "tfds:oxford_iiit_pet/test/bad_value.jpg: mask values" in found and ": 7" in found
         ds = load_dataset("tfds:oxford_iiit_pet", "test", skip_bad=True)
         assert len(list(ds)) == 1
     err = capfd.readouterr().err

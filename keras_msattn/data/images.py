@@ -427,23 +427,43 @@ def find_bad_file():
     For a pipeline that stopped: the tf.data checks raise inside TensorFlow, where the
     error cannot carry the file; the same rules in plain Python find it again.
     """
+
+
+    for watched in reversed(_WATCHED):
+        found = watched() if callable(watched) else _first_bad_pair(watched)
+        if found is not None:
+            path, problem = found
+            return DataError(f"{path}: {problem}; {SKIP_HINT}")
+    return None
+
+
+def forget_watched():
+    """Forget the splits read so far (a new command starts)."""
+    _WATCHED.clear()
+
+
+def watch(first_problem):
+    """Register `first_problem()` -> (where, problem) or None for `find_bad_file`."""
+    _WATCHED.append(first_problem)
+    del _WATCHED[:-8]  # a long-lived process keeps only its latest splits
+
+
+def _first_bad_pair(files):
     from concurrent.futures import ThreadPoolExecutor
 
     from keras_msattn.data.check import check_pair
 
-    for files in reversed(_WATCHED):
-        labels = files.label_sources or files.labels
+    labels = files.label_sources or files.labels
 
-        def one(pair, files=files):
-            image, label, name = pair
-            return check_pair(image, label, files.num_classes, files.reduce_zero_label, name)
+    def one(pair):
+        image, label, name = pair
+        return check_pair(image, label, files.num_classes, files.reduce_zero_label, name)
 
-        pairs = zip(files.images, files.labels, labels, strict=True)
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            for problems in pool.map(one, pairs):
-                if problems:
-                    path, problem = problems[0]
-                    return DataError(f"{path}: {problem}; {SKIP_HINT}")
+    pairs = zip(files.images, files.labels, labels, strict=True)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for problems in pool.map(one, pairs):
+            if problems:
+                return problems[0]
     return None
 
 
@@ -486,7 +506,7 @@ def pairs_dataset(files, skip_bad=False, shuffle=False, seed=None):
     if not files.images:
         raise ValueError(f"{description}: no usable images in the split")
     if not skip_bad:
-        _WATCHED.append(files)
+        watch(files)
 
     n = len(files.images)
     image_paths = tf.constant(files.images)

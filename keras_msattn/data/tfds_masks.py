@@ -13,7 +13,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from keras_msattn.data.images import IGNORE_LABEL, validated
+from keras_msattn.data.images import IGNORE_LABEL, validated, watch
 
 _INVALID = 256  # outside [0, C) and not 255: reported by the mask check
 
@@ -87,6 +87,14 @@ def load(name, split, data_dir=None, skip_bad=False, download=False, shuffle=Fal
             f"download=True to load_dataset. ({error})"
         ) from error
     ds = ds.map(dataset_spec.to_pair, num_parallel_calls=tf.data.AUTOTUNE)
+    if not skip_bad:
+        from keras_msattn.data.check import check_split
+
+        def first_problem():
+            problems = check_split(f"tfds:{name}", split, data_dir, progress=False).problems
+            return problems[0] if problems else None
+
+        watch(first_problem)
     return validated(
         ds,
         len(dataset_spec.class_names),
