@@ -428,7 +428,6 @@ def find_bad_file():
     error cannot carry the file; the same rules in plain Python find it again.
     """
 
-
     for watched in reversed(_WATCHED):
         found = watched() if callable(watched) else _first_bad_pair(watched)
         if found is not None:
