@@ -188,19 +188,24 @@ def test_per_tensor_weights_and_stripped_names(exported):
     per_channel, per_tensor = reports["int8"], reports["int8_per_tensor"]
     assert per_channel["weight_scales"] == "per channel"
     assert per_tensor["weight_scales"] == "per tensor"
-    # 12 bytes (a float32 scale, an int64 zero point) per channel and tensor use go.
-    assert per_tensor["size_bytes"] < 0.85 * per_channel["size_bytes"]
 
     def weight_scale_counts(name):
         runner = LiteRTModel(str(out / f"model_{name}.tflite"))
-        return {
+        return [
             len(t["quantization_parameters"]["scales"])
             for t in runner.interpreter.get_tensor_details()
             if t["dtype"] == np.int8 and len(t["shape"]) == 4
-        }
+        ]
 
     assert max(weight_scale_counts("int8")) > 1
-    assert weight_scale_counts("int8_per_tensor") == {1}
+    assert set(weight_scale_counts("int8_per_tensor")) == {1}
+    # Each per-channel scale beyond the first is a float32 scale and an int64 zero
+    # point (12 bytes); going per tensor must save at least 8 of them per channel
+    # (the rest may go to flatbuffer alignment). A fixed fraction of the file size
+    # depends on how much of the file is weights, so it is not asserted.
+    extra_channels = sum(count - 1 for count in weight_scale_counts("int8"))
+    saved = per_channel["size_bytes"] - per_tensor["size_bytes"]
+    assert saved >= 8 * extra_channels, (saved, extra_channels)
 
     def tensor_names(name):
         runner = LiteRTModel(str(out / f"model_{name}.tflite"))
