@@ -141,23 +141,24 @@ def settings(args):
 
 def run_config(args, variant, seed):
     """The quickstart's config at this benchmark's budget, for one variant and seed."""
+    from keras_msattn.config import apply_overrides
     from keras_msattn.quickstart import quickstart_config
 
     overrides = dict(
-        VARIANTS[variant],
+        model=dict(
+            VARIANTS[variant], backbone_width=args.backbone_width, head_channels=args.head_channels
+        ),
         # The seed picks the model's initialization, the training images and their order.
-        dataset_options={"image_size": args.image_size, "seed": seed},
+        dataset_options={"image_size": args.image_size, "image_seed": seed},
         crop_size=args.crop_size,
         val_images=0,  # no validation: the test split scores every run afterwards
         val_size=args.image_size,
-        backbone_width=args.backbone_width,
-        head_channels=args.head_channels,
         batch_size=args.batch_size,
         steps=args.steps,
         steps_per_epoch=args.steps,  # one backup, at the end
         seed=seed,
     )
-    return dataclasses.replace(quickstart_config(steps=args.steps, seed=seed), **overrides)
+    return apply_overrides(quickstart_config(steps=args.steps, seed=seed), overrides)
 
 
 def read_records(path):
@@ -201,7 +202,8 @@ def train_and_evaluate(args, variant, seed):
     import keras
 
     from keras_msattn.data import scale_digits
-    from keras_msattn.evaluation import evaluate, load_segmenter
+    from keras_msattn.evaluation import evaluate
+    from keras_msattn.inference import load_segmenter
     from keras_msattn.training import train
 
     config = run_config(args, variant, seed)
@@ -222,14 +224,15 @@ def train_and_evaluate(args, variant, seed):
     model = load_segmenter(result["model_path"])
     test = scale_digits.load(
         "test",
-        seed=TEST_SEED,
+        image_seed=TEST_SEED,
         image_size=args.image_size,
         num_images=args.test_images,
         with_size_map=True,
     )
     start = time.perf_counter()
     scores = evaluate(
-        model, test, scale_digits.NUM_CLASSES, size_buckets=True, max_images=args.test_images,
+        model, test, scale_digits.NUM_CLASSES, extra_scores=scale_digits.SizeBucketScores(),
+        max_images=args.test_images,
         verbose=0,
     )  # fmt: skip
     eval_seconds = time.perf_counter() - start
@@ -246,9 +249,7 @@ def train_and_evaluate(args, variant, seed):
         "eval_seconds": round(eval_seconds, 1),
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "num_parameters": int(model.count_params()),
-        "model_arguments": {
-            k: v for k, v in dataclasses.asdict(config).items() if k in VARIANTS[variant]
-        },
+        "model_arguments": {k: v for k, v in config.model.items() if k in VARIANTS[variant]},
         "run_dir": out_dir,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -372,7 +373,7 @@ def main(argv=None):
     print(
         f"ScaleDigits test mIoU (%), first {args.test_images} test images at "
         f"{args.image_size} px; MobileNetV2 x{args.backbone_width} from scratch, output stride "
-        f"{config.output_stride}, heads {args.head_channels}, batch {args.batch_size} of "
+        f"{config.model['output_stride']}, heads {args.head_channels}, batch {args.batch_size} of "
         f"{args.crop_size}-px crops, {args.steps} steps ({config.optimizer} "
         f"{config.learning_rate:g}, poly)."
     )

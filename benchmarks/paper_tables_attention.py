@@ -60,7 +60,7 @@ def main(argv=None):
     if not runs:
         raise SystemExit(f"no finished attention runs at {args.steps} steps in {args.runs}")
     dataset = scale_digits.load(
-        "test", seed=0, num_images=args.images, image_size=args.image_size, with_size_map=True
+        "test", image_seed=0, num_images=args.images, image_size=args.image_size, with_size_map=True
     )
     images, size_maps = [], []
     for image, _, size_map in dataset.as_numpy_iterator():

@@ -41,7 +41,7 @@ def measure_speed(split, image_size, count):
     scale_digits.generate(split, 0, image_size=image_size)  # load sources once
     start = time.perf_counter()
     for index in range(count):
-        scale_digits.generate(split, index, seed=1, image_size=image_size)
+        scale_digits.generate(split, index, image_seed=1, image_size=image_size)
     return count / (time.perf_counter() - start)
 
 
@@ -63,7 +63,7 @@ def main():
         ax.axis("off")
     for i in range(args.count):
         image, label, size_map, digits = scale_digits.generate(
-            args.split, i, seed=args.seed, image_size=args.image_size
+            args.split, i, image_seed=args.seed, image_size=args.image_size
         )
         row, col = divmod(i, columns)
         panels = axes[row, 3 * col : 3 * col + 3]

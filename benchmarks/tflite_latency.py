@@ -52,7 +52,7 @@ def main(argv=None):
 
     files = dict(item.split("=", 1) for item in args.files)
     models = {name: LiteRTModel(path, num_threads=args.threads) for name, path in files.items()}
-    image = scale_digits.generate("val", 0, seed=0)[0].astype("float32")
+    image = scale_digits.generate("val", 0, image_seed=0)[0].astype("float32")
     names = list(models)
     medians = {name: [] for name in names}
     minima = {name: [] for name in names}

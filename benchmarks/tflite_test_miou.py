@@ -33,7 +33,7 @@ def parse_args(argv=None):
 
 def per_image_confusion(labels, predictions, num_classes, ignore_label=255):
     """(N, C, C) confusion matrices, one per image."""
-    from keras_msattn.export.report import confusion_matrix
+    from keras_msattn.inference import confusion_matrix
 
     return np.stack(
         [
@@ -43,19 +43,13 @@ def per_image_confusion(labels, predictions, num_classes, ignore_label=255):
     )
 
 
-def miou(confusion):
-    true_positive = np.diag(confusion).astype(np.float64)
-    union = confusion.sum(0) + confusion.sum(1) - true_positive
-    present = union > 0
-    return float((true_positive[present] / union[present]).mean())
-
-
 def main(argv=None):
     args = parse_args(argv)
     import keras
 
     import keras_msattn  # noqa: F401  (registers the model classes)
     from keras_msattn.export import calibration, report
+    from keras_msattn.inference import batch_logits, mean_iou
 
     files = dict(item.split("=", 1) for item in args.files)
     runners = {name: report.LiteRTModel(path) for name, path in files.items()}
@@ -67,13 +61,13 @@ def main(argv=None):
         calibration.load_split("scale_digits", "test"), size, args.images
     )
     model = keras.saving.load_model(args.model, compile=False)
-    keras_predictions = report.keras_logits(model, images).argmax(-1)
-    num_classes = int(report.keras_logits(model, images[:1]).shape[-1])
+    keras_predictions = batch_logits(model, images).argmax(-1)
+    num_classes = int(batch_logits(model, images[:1]).shape[-1])
     reference = per_image_confusion(labels, keras_predictions, num_classes)
     rng = np.random.default_rng(0)
     samples = [rng.integers(0, len(images), len(images)) for _ in range(args.resamples)]
     print(f"ScaleDigits test, {len(images)} images at {size[0]}x{size[1]}")
-    print(f"Keras mIoU {miou(reference.sum(0)):.4f}")
+    print(f"Keras mIoU {mean_iou(reference.sum(0)):.4f}")
     print("| file | mIoU | drop (points) | 95% interval of the drop | argmax agreement |")
     print("|---|---|---|---|---|")
     for name, runner in runners.items():
@@ -81,14 +75,14 @@ def main(argv=None):
         predictions = outputs if runner.outputs_labels else outputs.argmax(-1)
         confusion = per_image_confusion(labels, predictions, num_classes)
         drops = [
-            100 * (miou(reference[index].sum(0)) - miou(confusion[index].sum(0)))
+            100 * (mean_iou(reference[index].sum(0)) - mean_iou(confusion[index].sum(0)))
             for index in samples
         ]
         low, high = np.percentile(drops, [2.5, 97.5])
-        drop = 100 * (miou(reference.sum(0)) - miou(confusion.sum(0)))
+        drop = 100 * (mean_iou(reference.sum(0)) - mean_iou(confusion.sum(0)))
         agreement = float((predictions == keras_predictions).mean())
         print(
-            f"| `{name}` | {miou(confusion.sum(0)):.4f} | {drop:.2f} | {low:.2f} to {high:.2f} "
+            f"| `{name}` | {mean_iou(confusion.sum(0)):.4f} | {drop:.2f} | {low:.2f} to {high:.2f} "
             f"| {100 * agreement:.2f}% |"
         )
     return 0

@@ -40,15 +40,16 @@ def measure(name, crop_size, batch_size, warmup, steps):
     import tensorflow as tf
 
     from keras_msattn import training
+    from keras_msattn.config import load_recipe, recipe_config, resolve_config
     from keras_msattn.segmenter import output_names
 
     recipe, variant = MODELS[name]
-    config = training.recipe_config(
-        training.load_recipe(str(RECIPES / recipe)),
+    config = recipe_config(
+        load_recipe(str(RECIPES / recipe)),
         variant,
-        {"backbone_weights": None, "crop_size": crop_size, "batch_size": batch_size},
+        {"model": {"backbone_weights": None}, "crop_size": crop_size, "batch_size": batch_size},
     )
-    config = training.resolve_config(config)
+    config = resolve_config(config)
     keras.utils.set_random_seed(0)
     model = training.build_model(config)
     training.synchronize_batchnorm(model)

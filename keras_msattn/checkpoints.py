@@ -21,13 +21,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 
-from keras_msattn.errors import CheckpointError, make_ordinary
+from keras_msattn import files
+from keras_msattn.errors import CheckpointError
 
 INDEX = "training_metadata.json"
-# Temporary names start with the prefix training.py cleans up after a kill.
-TEMPORARY_PREFIX = ".msattn-partial-"
 _WEIGHTS = re.compile(r"^epoch-(\d+)\.weights\.h5$")
 LEGACY_WEIGHTS = "latest.weights.h5"  # what Keras's BackupAndRestore writes
 
@@ -42,22 +40,6 @@ def sha256(path):
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _replace(write, path, suffix=""):
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(
-        prefix=TEMPORARY_PREFIX + os.path.basename(path) + "-", suffix=suffix, dir=folder
-    )
-    os.close(handle)
-    try:
-        write(temporary)
-        make_ordinary(temporary)  # mkstemp makes it private
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 def read_index(folder):
@@ -79,7 +61,7 @@ def save(model, folder, epoch, batch=0):
     os.makedirs(folder, exist_ok=True)
     name = weights_name(epoch)
     path = os.path.join(folder, name)
-    _replace(lambda t: model.save_weights(t, overwrite=True), path, suffix=".weights.h5")
+    files.write_with(lambda t: model.save_weights(t, overwrite=True), path, suffix=".weights.h5")
     try:
         previous = read_index(folder)
     except CheckpointError:
@@ -91,12 +73,7 @@ def save(model, folder, epoch, batch=0):
         previous.pop("previous", None)
         entry["previous"] = previous
 
-    def write(temporary):
-        with open(temporary, "w") as f:
-            json.dump(entry, f, indent=2)
-            f.write("\n")
-
-    _replace(write, os.path.join(folder, INDEX))
+    files.write_json(os.path.join(folder, INDEX), entry)
     kept = {name, entry.get("previous", {}).get("weights")}
     for other in os.listdir(folder):
         if (_WEIGHTS.match(other) or other == LEGACY_WEIGHTS) and other not in kept:

@@ -13,63 +13,69 @@ def _quiet_tensorflow():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def _add_set_argument(parser, metavar, help):
+    # `--set a=1 b=2` and `--set a=1 --set b=2` both work: a list of lists.
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        nargs="+",
+        default=[],
+        metavar=metavar,
+        help=help + "; several per --set, and --set repeatable",
+    )
+
+
+def _set_pairs(args):
+    return [pair for group in args.sets for pair in group]
+
+
 # --- msattn summary ---------------------------------------------------------
 
 
 def _add_summary(subparsers):
     parser = subparsers.add_parser(
-        "summary", help="Parameters, FLOPs and output shapes of a model, part by part."
+        "summary",
+        help="Parameters, FLOPs, output shapes and training memory of a model, part by part.",
+        description="Builds MultiScaleSegmenter(**model arguments) and prints its parameters, "
+        "FLOPs and output shapes per part, and an estimate of its training memory. The model "
+        "takes the segmenter's defaults (the paper's VOC model) except where --set says "
+        "otherwise, e.g. --set backbone=mobilenet_v2 num_classes=11 fusion=None scales=(1.0,)",
     )
-    parser.add_argument("--backbone", default="vgg16_largefov")
-    parser.add_argument("--num-classes", type=int, default=21)
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5])
-    parser.add_argument(
-        "--fusion",
-        default="attention",
-        help="attention, attention_to_scale, average, max, or none (single scale)",
+    _add_set_argument(
+        parser, "NAME=VALUE", "MultiScaleSegmenter arguments (Python literals, else strings)"
     )
     parser.add_argument("--input-size", type=int, nargs=2, default=[321, 321], metavar=("H", "W"))
-    parser.add_argument("--no-hypercolumn", action="store_true")
     parser.add_argument(
-        "--scale-dilations", default="auto", help="'auto', 'none', or comma-separated integers"
+        "--batch-per-device",
+        type=int,
+        default=None,
+        help="also print the training memory for this many images per device",
     )
-    parser.add_argument("--recalibration", default="multiply", help="multiply, add or none")
-    parser.add_argument("--pyramid-pooling", action="store_true")
-    parser.add_argument("--output-stride", type=int, default=8)
-    parser.add_argument("--backbone-width", type=float, default=1.0)
-    parser.add_argument("--head-channels", type=int, default=None)
     parser.set_defaults(run=_run_summary)
 
 
-def _none_or(value):
-    return None if value is None or str(value).lower() == "none" else value
-
-
-def _parse_dilations(value):
-    if value == "auto" or _none_or(value) is None:
-        return _none_or(value)
-    return tuple(int(v) for v in value.split(","))
-
-
 def _run_summary(args):
+    from keras_msattn.config import model_defaults, parse_overrides
     from keras_msattn.segmenter import MultiScaleSegmenter
-    from keras_msattn.summary import summary_text
+    from keras_msattn.summary import estimate_training_memory, summary_text
 
-    model = MultiScaleSegmenter(
-        backbone=args.backbone,
-        num_classes=args.num_classes,
-        scales=tuple(args.scales),
-        fusion=_none_or(args.fusion),
-        hypercolumn=not args.no_hypercolumn,
-        scale_dilations=_parse_dilations(args.scale_dilations),
-        recalibration=_none_or(args.recalibration),
-        pyramid_pooling=args.pyramid_pooling,
-        output_stride=args.output_stride,
-        backbone_width=args.backbone_width,
-        head_channels=args.head_channels,
-        input_shape=(*args.input_size, 3) if args.pyramid_pooling else (None, None, 3),
-    )
+    overrides = parse_overrides(_set_pairs(args))
+    unknown = sorted(set(overrides) - {"model"})
+    if unknown:
+        raise ValueError(
+            f"--set {unknown[0]}=...: not a model argument; allowed: {', '.join(model_defaults())}"
+        )
+    model_args = {"num_classes": 21, **overrides.get("model", {})}
+    if model_args.get("pyramid_pooling"):
+        model_args.setdefault("input_shape", (*args.input_size, 3))
+    model = MultiScaleSegmenter(**model_args)
     print(summary_text(model, tuple(args.input_size)))
+    training_model = MultiScaleSegmenter.from_config(
+        {**model.get_config(), "deep_supervision": True}
+    )
+    memory = estimate_training_memory(training_model, tuple(args.input_size))
+    print(memory.format(args.batch_per_device))
     return 0
 
 
@@ -96,19 +102,14 @@ def _add_data(subparsers):
 
 
 def _run_data_check(args):
-    from keras_msattn.data import folder
-    from keras_msattn.data.check import check_split
-    from keras_msattn.data.datasets import dataset_info
+    from keras_msattn.data.datasets import check_dataset_split, dataset_splits
 
-    if args.split is not None:
-        splits = [args.split]
-    elif args.dataset == "folder":
-        splits = list(folder.available_splits(args.data_dir)) or ["all"]
-    else:
-        splits = list(dataset_info(args.dataset).splits)
+    splits = [args.split] if args.split is not None else dataset_splits(args.dataset, args.data_dir)
     problems, examples = [], 0
     for split in splits:
-        result = check_split(args.dataset, split, args.data_dir, num_classes=args.num_classes)
+        result = check_dataset_split(
+            args.dataset, split, args.data_dir, num_classes=args.num_classes
+        )
         problems += result.problems
         examples += result.num_examples
     for path, problem in problems:
@@ -252,13 +253,11 @@ def _add_train(subparsers):
     )
     parser.add_argument("recipe", help="path of a recipe .py file")
     parser.add_argument("--variant", default=None, help="one of the recipe's VARIANTS")
-    parser.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a TrainConfig field (a Python literal, else a string); repeatable",
+    _add_set_argument(
+        parser,
+        "KEY=VALUE",
+        "override TrainConfig fields (Python literals, else strings), model arguments "
+        "as model.NAME (or NAME)",
     )
     parser.add_argument("--data-dir", default=None, help="dataset root (overrides the recipe)")
     parser.add_argument("--out", required=True, help="output folder")
@@ -282,7 +281,7 @@ def _run_train(args):
         run_recipe(
             args.recipe,
             variant=args.variant,
-            sets=args.sets,
+            sets=_set_pairs(args),
             out_dir=args.out,
             data_dir=args.data_dir,
             strategy=args.strategy,

@@ -27,6 +27,8 @@ import os
 
 import tensorflow as tf
 
+from keras_msattn.keras_internals import multi_worker_trainer_fixes
+
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 LOGICAL_CPUS_ENV = "MSATTN_LOGICAL_CPUS"
 
@@ -157,57 +159,14 @@ def _several_workers(strategy):
 def multi_worker_fit(model):
     """Lets Keras 3 `fit` and `evaluate` run on several workers; a no-op otherwise.
 
-    Keras 3.15's TensorFlow trainer fails under `MultiWorkerMirroredStrategy`
-    with more than one worker (keras-team/keras#20585, tensorflow#72388):
-
-    1. Before the first step it all-reduces the first batch, a nested
-       structure, to learn its shapes; the collective ops reject it ("Attempt
-       to convert a value (PerReplica...) to a Tensor"). Only shapes are
-       needed: here the model is built from this worker's first replica's part.
-    2. Each step's logs (scalars) are averaged over the workers with
-       `strategy.reduce("MEAN", value, axis=0)`, which fails on scalars ("Invalid
-       reduction dimension 0 for input with 0 dimensions"); here they are
-       averaged with `axis=None`.
-
-    Both replace Keras internals for the duration of the block, only on
-    several workers (every process of such a run is dedicated to it).
+    Keras 3.15's trainer fails under `MultiWorkerMirroredStrategy` with more
+    than one worker; `keras_internals.multi_worker_trainer_fixes` says how and
+    patches it for the duration of the block, only on several workers (every
+    process of such a run is dedicated to it).
     """
     strategy = model.distribute_strategy
     if not _several_workers(strategy):
         yield
         return
-    from keras.src.backend.tensorflow import trainer as keras_trainer
-
-    def local_part(value):
-        if isinstance(value, tf.distribute.DistributedValues):
-            return strategy.experimental_local_results(value)[0]
-        return value
-
-    def maybe_symbolic_build(iterator=None, data_batch=None):
-        if iterator is not None:
-            for _, _, batches in iterator:
-                data_batch = tf.nest.map_structure(local_part, next(batches))
-                break
-        with strategy.scope():
-            model._symbolic_build(data_batch=data_batch)
-
-    original_reduce = keras_trainer.reduce_per_replica
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction not in ("auto", "mean"):
-            return original_reduce(values, strategy, reduction)
-
-        def mean(value):
-            if isinstance(value, tf.distribute.DistributedValues):
-                return strategy.reduce("MEAN", value, axis=None)
-            return value
-
-        return tf.nest.map_structure(mean, values)
-
-    model._maybe_symbolic_build = maybe_symbolic_build
-    keras_trainer.reduce_per_replica = reduce_per_replica
-    try:
+    with multi_worker_trainer_fixes(model, strategy):
         yield
-    finally:
-        keras_trainer.reduce_per_replica = original_reduce
-        del model._maybe_symbolic_build

@@ -31,10 +31,7 @@ accumulator truncates fractional sample weights, and pixel accuracy, mean
 class accuracy and per-class IoU would each need their own matrix.
 """
 
-import math
-
 import keras
-import numpy as np
 from keras import ops
 
 
@@ -192,60 +189,3 @@ class MeanClassAccuracy(ConfusionMatrix):
 
     def result(self):
         return ops.cast(_scores(ops.copy(self.total_confusion))["mean_class_accuracy"], self.dtype)
-
-
-def segmentation_scores(confusion_matrix, class_names=None):
-    """Scores from a confusion matrix (rows: ground truth, columns: prediction).
-
-    Args:
-        confusion_matrix: `(C, C)` array-like of counts, e.g.
-            `ConfusionMatrix.result()`.
-        class_names: optional list of C names; defaults to `"class_<i>"`.
-
-    Returns:
-        A dict of plain Python values (JSON-ready): `miou`, `pixel_accuracy`,
-        `mean_class_accuracy` (floats in [0, 1]); `per_class_iou` and
-        `per_class_accuracy` (lists of C floats, None where undefined: IoU for
-        a class absent from both ground truth and prediction, accuracy for a
-        class absent from the ground truth; these are left out of the means);
-        `class_names`; `num_pixels` (the matrix total).
-    """
-    confusion = np.asarray(confusion_matrix, dtype=np.float64)
-    if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
-        raise ValueError(
-            f"`confusion_matrix` must be a square (C, C) matrix. Received shape {confusion.shape}"
-        )
-    if not np.all(np.isfinite(confusion)) or np.any(confusion < 0):
-        raise ValueError("`confusion_matrix` must hold finite counts >= 0.")
-    num_classes = confusion.shape[0]
-    if class_names is None:
-        class_names = [f"class_{i}" for i in range(num_classes)]
-    class_names = [str(name) for name in class_names]
-    if len(class_names) != num_classes:
-        raise ValueError(
-            f"`class_names` has {len(class_names)} names for a {num_classes}-class matrix."
-        )
-    true_positives = np.diag(confusion)
-    ground_truth = confusion.sum(axis=1)
-    union = ground_truth + confusion.sum(axis=0) - true_positives
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, true_positives / union, np.nan)
-        accuracy = np.where(ground_truth > 0, true_positives / ground_truth, np.nan)
-    total = confusion.sum()
-
-    def mean_or_zero(values):
-        values = values[~np.isnan(values)]
-        return float(values.mean()) if values.size else 0.0
-
-    def as_list(values):
-        return [None if math.isnan(v) else float(v) for v in values]
-
-    return {
-        "miou": mean_or_zero(iou),
-        "pixel_accuracy": float(true_positives.sum() / total) if total > 0 else 0.0,
-        "mean_class_accuracy": mean_or_zero(accuracy),
-        "per_class_iou": as_list(iou),
-        "per_class_accuracy": as_list(accuracy),
-        "class_names": class_names,
-        "num_pixels": float(total),
-    }

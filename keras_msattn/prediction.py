@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from keras_msattn import visualization
-from keras_msattn.evaluation import accepts_input_size, fixed_input_size, predict_labels
+from keras_msattn.inference import accepts_input_size, fixed_input_size, predict_labels
 
 OUTPUT_SUFFIXES = ("_labels.png", "_mask.png", "_overlay.png")
 
@@ -111,7 +111,7 @@ def predict_file(
         attention: also write the attention figures when the model has them.
         image: the already decoded image, to skip reading `path` again.
         **options: `tta_scales`, `flip`, `sliding_window`, `batch_size` as in
-            `keras_msattn.evaluation.predict_probabilities`.
+            `keras_msattn.inference.predict_probabilities`.
 
     Returns:
         dict of the written paths: "labels", "mask", "overlay" and, where
@@ -219,7 +219,8 @@ def predict_with_saved_model(
 
     `sliding_window="model"` tiles with the model's fixed input size.
     """
-    from keras_msattn.evaluation import load_segmenter, resolve_sliding_window
+    from keras_msattn.evaluation import resolve_sliding_window
+    from keras_msattn.inference import load_segmenter
 
     class_names = read_class_names(class_names_file) if class_names_file else None
     model = load_segmenter(model_path)

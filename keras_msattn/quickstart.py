@@ -16,7 +16,6 @@ Output folder (default `./quickstart`):
 """
 
 import os
-import shutil
 import time
 
 import numpy as np
@@ -46,13 +45,15 @@ def quickstart_config(steps=DEFAULT_STEPS, seed=0):
         flip=False,  # a mirrored digit is not a digit
         val_images=100,
         val_size=192,
-        backbone="mobilenet_v2",
-        backbone_weights=None,  # no download: trained from scratch
-        backbone_width=0.35,
-        output_stride=16,
-        head_channels=16,
-        scales=(1.0, 0.5),
-        fusion="attention",
+        model=dict(
+            backbone="mobilenet_v2",
+            backbone_weights=None,  # no download: trained from scratch
+            backbone_width=0.35,
+            output_stride=16,
+            head_channels=16,
+            scales=(1.0, 0.5),
+            fusion="attention",
+        ),
         batch_size=8,
         steps=steps,
         steps_per_epoch=max(1, min(250, steps)),
@@ -68,7 +69,7 @@ def _test_examples(count, seed):
     """The first `count` test images with labels and size maps, as numpy arrays."""
     from keras_msattn.data import scale_digits
 
-    dataset = scale_digits.load("test", seed=seed, num_images=count, with_size_map=True)
+    dataset = scale_digits.load("test", image_seed=seed, num_images=count, with_size_map=True)
     images, labels, size_maps = [], [], []
     for image, label, size_map in dataset.as_numpy_iterator():
         images.append(image)
@@ -122,12 +123,13 @@ def run_quickstart(
         export_images: test images the LiteRT files are compared on (and
             calibration images for int8, from the validation split).
     """
-    import keras
 
     import keras_msattn  # noqa: F401  (registers the classes for loading)
     from keras_msattn.data import scale_digits
-    from keras_msattn.evaluation import evaluate, write_json
+    from keras_msattn.evaluation import evaluate
     from keras_msattn.export import export_tflite
+    from keras_msattn.files import copy_file, write_json
+    from keras_msattn.inference import batch_logits, load_segmenter
     from keras_msattn.training import train
     from keras_msattn.visualization import (
         plot_predictions,
@@ -147,10 +149,8 @@ def run_quickstart(
     config = quickstart_config(steps=steps, seed=seed)
     result = train(config, os.path.join(out_dir, "training"))
     model_path = os.path.join(out_dir, "model.keras")
-    temporary = model_path + ".tmp.keras"
-    shutil.copyfile(result["model_path"], temporary)
-    os.replace(temporary, model_path)
-    model = keras.saving.load_model(model_path, safe_mode=True)
+    copy_file(result["model_path"], model_path)
+    model = load_segmenter(model_path)
     timings["train_minutes"] = (time.time() - started) / 60
 
     log(f"[2/4] scoring the test split ({test_images} images)")
@@ -160,18 +160,18 @@ def run_quickstart(
         zip(images, labels, size_maps, strict=True),
         info.num_classes,
         class_names=info.class_names,
-        size_buckets=True,
+        extra_scores=scale_digits.SizeBucketScores(),
         batch_size=16,
         max_images=test_images,
     )
     scores["scale_weight_by_digit_size"] = scale_weight_by_size(
         model, images[:100], size_maps[:100]
     )
-    write_json(scores, os.path.join(out_dir, "evaluation.json"))
+    write_json(os.path.join(out_dir, "evaluation.json"), scores)
     timings["evaluate_minutes"] = (time.time() - started) / 60 - timings["train_minutes"]
 
     log("[3/4] exporting LiteRT models (float32, int8) and verifying them against Keras")
-    calibration = scale_digits.load("val", seed=seed)
+    calibration = scale_digits.load("val", image_seed=seed)
     validation = (images[:export_images], labels[:export_images])
     reports = {}
     for quantization, name in (("none", "float32"), ("int8", "int8")):
@@ -193,7 +193,7 @@ def run_quickstart(
 
     log("[4/4] figures and report")
     sample = images[: min(FIGURE_IMAGES, len(images))]
-    predictions = np.asarray(model.predict(sample.astype("float32"), verbose=0)).argmax(-1)
+    predictions = batch_logits(model, sample).argmax(-1)
     plot_predictions(
         list(sample),
         list(labels[: len(sample)]),
@@ -228,8 +228,8 @@ def run_quickstart(
         "keras_miou_on_export_images": reports["int8"]["miou"]["keras"],
         "timings": timings,
     }
-    write_json(summary, os.path.join(out_dir, "summary.json"))
-    _write_report(out_dir, config, result, scores, reports, summary, len(sample))
+    write_json(os.path.join(out_dir, "summary.json"), summary)
+    _write_report(out_dir, config, result, scores, reports, summary, len(sample), threads)
     log(
         f"test mIoU {scores['miou']:.3f} (small {_fmt(scores.get('miou_small'))}, medium "
         f"{_fmt(scores.get('miou_medium'))}, large {_fmt(scores.get('miou_large'))}); int8 "
@@ -244,8 +244,8 @@ def _fmt(value, digits=3):
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def _write_report(out_dir, config, result, scores, reports, summary, figure_images):
-    from keras_msattn.export.atomic import write_text
+def _write_report(out_dir, config, result, scores, reports, summary, figure_images, threads):
+    from keras_msattn.files import write_text
 
     weights = scores["scale_weight_by_digit_size"]
     scales = [str(s) for s in config.scales]
@@ -253,7 +253,7 @@ def _write_report(out_dir, config, result, scores, reports, summary, figure_imag
         "# keras_msattn quickstart report",
         "",
         "Two-scale attention model (Yang & Peng 2018) with a MobileNetV2 x"
-        f"{config.backbone_width} backbone, trained from scratch on ScaleDigits on this CPU.",
+        f"{config.model['backbone_width']} backbone, trained from scratch on ScaleDigits on this CPU.",
         "",
         "## Test scores",
         "",
@@ -299,7 +299,8 @@ def _write_report(out_dir, config, result, scores, reports, summary, figure_imag
         "",
         "## LiteRT export, verified against Keras",
         "",
-        "| artifact | size | argmax agreement | max abs logit diff | mIoU (artifact / Keras) | latency, 2 threads |",
+        "| artifact | size | argmax agreement | max abs logit diff | mIoU (artifact / Keras) "
+        f"| latency, {threads} LiteRT thread{'s' if threads != 1 else ''} |",
         "|---|---|---|---|---|---|",
     ]
     for name, report in reports.items():

@@ -103,6 +103,21 @@ def _check_arguments(backbone, num_classes, scales, fusion, scale_dilations, rec
         raise ValueError(f"`recalibration` must be one of {RECALIBRATIONS}, got {recalibration!r}.")
 
 
+def _check_unused_by_fusion(fusion, hypercolumn, scale_dilations, recalibration):
+    # Only the paper's attention reads these; a value other than the default (or
+    # None) for another fusion would be silently ignored, so it is refused.
+    for name, value, default in (
+        ("hypercolumn", hypercolumn, True),
+        ("scale_dilations", scale_dilations, "auto"),
+        ("recalibration", recalibration, "multiply"),
+    ):
+        if value is not None and value != default:
+            raise ValueError(
+                f"`{name}`={value!r} has no effect with fusion={fusion!r}: only "
+                "fusion='attention' uses it. Leave it out (or None)."
+            )
+
+
 # Probe models for `attention_maps`, kept outside the model so they are not
 # tracked as sublayers (which would change what `save()` writes).
 _ATTENTION_PROBES = weakref.WeakKeyDictionary()
@@ -157,7 +172,9 @@ class MultiScaleSegmenter(keras.Model):
         input_shape: `(H, W, 3)`; `H` and `W` may be `None`.
 
     Only `fusion="attention"` reads `hypercolumn`, `scale_dilations` and
-    `recalibration`; the other fusions ignore them.
+    `recalibration`, and only the two attention fusions `head_channels`. Other
+    fusions store them as None in their config, and refuse a value that is
+    neither the default nor None (it would have no effect).
 
     Example:
     >>> model = MultiScaleSegmenter(backbone="vgg16_largefov", num_classes=21)
@@ -190,8 +207,15 @@ class MultiScaleSegmenter(keras.Model):
         input_shape = tuple(input_shape)
         if len(input_shape) != 3 or input_shape[2] != 3:
             raise ValueError(f"`input_shape` must be (H, W, 3), got {input_shape!r}.")
-        if head_channels is None:
-            head_channels = DEFAULT_HEAD_CHANNELS[backbone]
+        if fusion != "attention":
+            _check_unused_by_fusion(fusion, hypercolumn, scale_dilations, recalibration)
+            # Stored as None: the saved config says only what the model computes.
+            hypercolumn, scale_dilations, recalibration = None, None, None
+        if fusion in ("attention", "attention_to_scale"):
+            if head_channels is None:
+                head_channels = DEFAULT_HEAD_CHANNELS[backbone]
+        else:
+            head_channels = None  # no attention heads
         if scale_dilations == "auto":
             dilations = default_scale_dilations(scales)
         elif scale_dilations is None:
@@ -208,19 +232,6 @@ class MultiScaleSegmenter(keras.Model):
         normalization = ImageNormalization(preprocessing_mode(backbone), name="image_normalization")
         psp = PyramidPooling(name="pyramid_pooling") if pyramid_pooling else None
         classifier = layers.Conv2D(num_classes, 1, name="classifier")
-        stages = HYPERCOLUMN_STAGES if hypercolumn else HYPERCOLUMN_STAGES[-1:]
-        # 1x1 conv + BN + ReLU per tapped stage, shared by all scales like the
-        # backbone; keeps the concatenated hypercolumn a few hundred channels wide.
-        stage_projections = {
-            stage: (
-                layers.Conv2D(
-                    head_channels // 2, 1, use_bias=False, name=f"hypercolumn_{stage}_conv"
-                ),
-                layers.BatchNormalization(name=f"hypercolumn_{stage}_bn"),
-                layers.ReLU(name=f"hypercolumn_{stage}_relu"),
-            )
-            for stage in stages
-        }
 
         # === Functional Model ===
         images = keras.Input(shape=input_shape, name="images")
@@ -242,6 +253,19 @@ class MultiScaleSegmenter(keras.Model):
         elif fusion == "attention":
             # The common grid: stride 4 of the 1x input ("after two pooling operations").
             grid = ResizeByScale(0.25, name="grid_reference")(images)
+            stages = HYPERCOLUMN_STAGES if hypercolumn else HYPERCOLUMN_STAGES[-1:]
+            # 1x1 conv + BN + ReLU per tapped stage, shared by all scales like the
+            # backbone; keeps the concatenated hypercolumn a few hundred channels wide.
+            stage_projections = {
+                stage: (
+                    layers.Conv2D(
+                        head_channels // 2, 1, use_bias=False, name=f"hypercolumn_{stage}_conv"
+                    ),
+                    layers.BatchNormalization(name=f"hypercolumn_{stage}_bn"),
+                    layers.ReLU(name=f"hypercolumn_{stage}_relu"),
+                )
+                for stage in stages
+            }
             dilated = []
             for scale, features, dilation in zip(scales, scale_features, dilations, strict=True):
                 taps = []
@@ -287,7 +311,7 @@ class MultiScaleSegmenter(keras.Model):
                 for scale, scores in zip(scales, scale_scores, strict=True)
             ]
             final_on_grid = ScaleFusion(
-                "attention", recalibration=recalibration, name="scale_fusion", dtype="float32"
+                "weighted_sum", recalibration=recalibration, name="scale_fusion", dtype="float32"
             )(scores_on_grid, scale_weights=scale_weights, recalibration=recalibration_map)
         else:
             # Attention-to-scale, average and max merge on the score grid of the 1x input.
@@ -312,7 +336,7 @@ class MultiScaleSegmenter(keras.Model):
                     scale_weights
                 )
             final_on_grid = ScaleFusion(
-                "attention" if fusion == "attention_to_scale" else fusion,
+                "weighted_sum" if fusion == "attention_to_scale" else fusion,
                 name="scale_fusion",
                 dtype="float32",
             )(scores_on_grid, scale_weights=scale_weights)
@@ -343,7 +367,6 @@ class MultiScaleSegmenter(keras.Model):
         self.backbone_width = backbone_width
         self.head_channels = head_channels
         self.image_shape = input_shape
-        self.dilations = dilations
 
     def __call__(self, inputs, *args, **kwargs):
         shape = getattr(inputs, "shape", None)
@@ -443,3 +466,28 @@ def _check_image_side(height, width, min_side, argument):
                 f"`{argument}`: images must be at least {min_side}x{min_side} so that every "
                 f"scale keeps a side of {MIN_SCALED_SIDE} px or more; got {height}x{width}."
             )
+
+
+def inference_copy(model):
+    """A float32, single-output copy of a (deep-supervision) segmenter, same weights.
+
+    What training saves: mixed-precision or deep-supervision training models
+    become a plain logits model that loads anywhere.
+    """
+    config = model.get_config()
+    config.update(deep_supervision=False, dtype="float32")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        clone = MultiScaleSegmenter.from_config(config)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    copy_weights(model, clone)
+    return clone
+
+
+def copy_weights(source, target):
+    """Copies weights layer by layer (by name); deep supervision adds no weights."""
+    for layer in target.layers:
+        if layer.weights:
+            layer.set_weights(source.get_layer(layer.name).get_weights())

@@ -124,6 +124,68 @@ def summarize(model, input_size):
     return ModelSummary((height, width), parts, total_params, total_flops, output_shapes)
 
 
+# Tensors that alias others or hold no activations: not counted.
+_NOT_ACTIVATIONS = {
+    "Const", "Identity", "NoOp", "Placeholder", "ReadVariableOp", "Reshape", "Shape",
+    "StridedSlice", "VarHandleOp", "Pack", "Cast",
+}  # fmt: skip
+
+
+@dataclass
+class MemoryEstimate:
+    """Training memory: `fixed` bytes (weights, gradients, optimizer state) + `per_image`."""
+
+    fixed: int
+    per_image: int
+
+    def total(self, batch_per_device):
+        return self.fixed + batch_per_device * self.per_image
+
+    def format(self, batch_per_device=None):
+        text = (
+            f"training memory (estimate): {_gib(self.per_image)} per image + "
+            f"{_gib(self.fixed)} for weights, gradients and optimizer state"
+        )
+        if batch_per_device is not None:
+            text += (
+                f"; {_gib(self.total(batch_per_device))} per device at "
+                f"{batch_per_device} image(s) per device"
+            )
+        return text
+
+
+def _gib(count):
+    return f"{count / 2**30:.2f} GiB"
+
+
+def estimate_training_memory(model, input_size, optimizer_slots=2):
+    """Device memory one training step needs, estimated from the forward graph.
+
+    Per image: every float tensor the training-mode forward pass of one image
+    computes (the activations backpropagation keeps), twice (their gradients
+    are of the same size). Fixed: float32 weights, their gradients and
+    `optimizer_slots` optimizer variables each (2 for Adam, 1 for SGD with
+    momentum). An upper-bound style estimate: TensorFlow frees some tensors
+    early, and cuDNN workspaces come on top.
+    """
+    import tensorflow as tf
+
+    height, width = input_size
+    forward = tf.function(lambda x: model(x, training=True))
+    graph = forward.get_concrete_function(tf.TensorSpec((1, height, width, 3), tf.float32)).graph
+    activation_bytes = 0
+    for operation in graph.get_operations():
+        if operation.type in _NOT_ACTIVATIONS:
+            continue
+        for tensor in operation.outputs:
+            if not tensor.dtype.is_floating or not tensor.shape.is_fully_defined():
+                continue
+            activation_bytes += tensor.shape.num_elements() * tensor.dtype.size
+    params = _count_params(model.trainable_weights)
+    fixed = 4 * params * (2 + optimizer_slots) + 4 * _count_params(model.non_trainable_weights)
+    return MemoryEstimate(fixed=int(fixed), per_image=int(2 * activation_bytes))
+
+
 def summary_text(model, input_size):
     """`summarize(model, input_size)` as a printable table."""
     return summarize(model, input_size).format()

@@ -1,4 +1,7 @@
-"""Training: one `TrainConfig` and `train(config, out_dir)`, read top to bottom.
+"""Training: `train(config, out_dir)`, read top to bottom.
+
+The config (`TrainConfig`, recipes, `--set`) lives in `keras_msattn.config`,
+the callbacks in `keras_msattn.callbacks`; this module is the run itself.
 
 `train` picks the `tf.distribute` strategy, builds the data (training:
 `load_dataset` + `train_pipeline`, repeated; validation: `eval_pipeline` at one
@@ -41,156 +44,66 @@ unit of checkpointing, validation and logging. The last epoch is cut short at
 `steps`, so the optimizer always ends at exactly `steps` updates.
 """
 
-import ast
-import dataclasses
-import importlib.util
-import json
 import math
 import os
+import shutil
 import sys
 import tempfile
-import time
 import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_msattn import checkpoints
-from keras_msattn.data import dataset_info, eval_pipeline, load_dataset, train_pipeline
+from keras_msattn import files
+from keras_msattn.callbacks import (
+    EpochRecords,
+    InferenceExport,
+    ResumableBackup,
+    StopAtStep,
+    StopOnNonFiniteLoss,
+    TrainingDiverged,
+    best_path,
+    restored_epoch,
+)
+from keras_msattn.config import (
+    TrainConfig,
+    config_to_json,
+    differing_keys,
+    load_recipe,
+    parse_overrides,
+    recipe_config,
+    resolve_config,
+)
+from keras_msattn.data import eval_pipeline, load_dataset, train_pipeline
 from keras_msattn.distribute import describe, is_chief, make_strategy, multi_worker_fit
-from keras_msattn.errors import make_ordinary
+from keras_msattn.keras_internals import flatten_layers
 from keras_msattn.losses import deep_supervision_losses
 from keras_msattn.metrics import MeanIoU, PixelAccuracy
 from keras_msattn.optimizers import PolyDecay, make_optimizer
 from keras_msattn.segmenter import MultiScaleSegmenter, output_names
+from keras_msattn.summary import estimate_training_memory
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-TEMPORARY_PREFIX = ".msattn-partial-"
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything one training run depends on. Defaults: the paper's VOC setting.
-
-    Model fields are the `MultiScaleSegmenter` arguments of the same name.
-    """
-
-    # --- Data ---
-    dataset: str = "voc2012"  # a `load_dataset` name
-    data_dir: str | None = None
-    train_split: str = "train_aug"
-    val_split: str = "val"
-    dataset_options: dict = dataclasses.field(default_factory=dict)  # to load_dataset
-    skip_bad: bool = False  # skip unreadable files with a warning instead of failing
-    crop_size: int = 321
-    scale_range: tuple = (0.5, 2.0)  # random scaling before the crop (DeepLab)
-    flip: bool = True  # random horizontal flips
-    val_images: int | None = None  # validate on the first N images; None: all, 0: none
-    # Validation images larger than this are shrunk to fit, then all are padded
-    # to val_size x val_size: one fixed shape (one trace; PSP needs static shapes).
-    val_size: int | None = 512
-
-    # --- Model ---
-    backbone: str = "vgg16_largefov"
-    backbone_weights: str | None = "imagenet"
-    backbone_width: float = 1.0
-    output_stride: int = 8
-    num_classes: int | None = None  # None: from dataset_info
-    scales: tuple = (1.0, 0.5)
-    fusion: str | None = "attention"
-    hypercolumn: bool = True
-    scale_dilations: str | tuple | None = "auto"
-    recalibration: str | None = "multiply"
-    pyramid_pooling: bool = False
-    head_channels: int | None = None
-
-    # --- Optimization ---
-    batch_size: int = 10  # global, over all replicas
-    steps: int = 20000  # optimizer steps in total
-    steps_per_epoch: int = 1000  # checkpoint + validation interval
-    optimizer: str = "sgd"  # "sgd", "adam" or "adamw"
-    learning_rate: float = 1e-3  # the backbone's; poly-decayed to 0 over `steps`
-    decoder_lr_multiplier: float = 10.0
-    momentum: float = 0.9  # SGD only
-    weight_decay: float = 5e-4
-    poly_power: float = 0.9
-    loss_weights: dict | None = None  # {output name: weight}; None: 1 for each
-    sync_batchnorm: bool = True  # batch statistics over the global batch, not per replica
-    mixed_precision: bool = False  # mixed_float16 on GPU, mixed_bfloat16 elsewhere
-    # XLA stays off: the confusion-matrix metrics count with a data-sized bincount,
-    # which XLA cannot compile (Keras's "auto" would pick XLA on one GPU and fail).
-    jit_compile: str | bool = False
-    seed: int = 0
-
-
-def config_keys():
-    return [field.name for field in dataclasses.fields(TrainConfig)]
-
-
-def _is_int(value, minimum):
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
-def check_config(config):
-    """Raises ValueError naming the first field with an unusable value."""
-    for name, minimum in (("steps", 1), ("steps_per_epoch", 1), ("batch_size", 1), ("seed", 0)):
-        if not _is_int(getattr(config, name), minimum):
-            raise ValueError(
-                f"`{name}` must be an integer >= {minimum}, got {getattr(config, name)!r}."
-            )
-    for name in ("val_images", "val_size", "num_classes"):
-        value = getattr(config, name)
-        if value is not None and not _is_int(value, 0 if name == "val_images" else 1):
-            raise ValueError(f"`{name}` must be None or a positive integer, got {value!r}.")
-    crop = config.crop_size
-    if not (_is_int(crop, 1) or (isinstance(crop, (tuple, list)) and len(crop) == 2)):
-        raise ValueError(f"`crop_size` must be an int or (height, width), got {crop!r}.")
-    if config.optimizer not in OPTIMIZERS:
-        raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}, got {config.optimizer!r}.")
-    for name in ("learning_rate", "poly_power", "weight_decay", "momentum"):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ValueError(f"`{name}` must be a number >= 0, got {value!r}.")
-    if not isinstance(config.dataset_options, dict):
-        raise ValueError(f"`dataset_options` must be a dict, got {config.dataset_options!r}.")
-    if len(config.scale_range) != 2 or not 0 < config.scale_range[0] <= config.scale_range[1]:
-        raise ValueError(
-            f"`scale_range` must be (min, max), 0 < min <= max, got {config.scale_range!r}."
-        )
-
-
-def resolve_config(config):
-    """Fills in `num_classes` from the dataset and checks the config."""
-    check_config(config)
-    if config.num_classes is None:
-        info = dataset_info(config.dataset, config.data_dir, **_info_options(config))
-        config = dataclasses.replace(config, num_classes=info.num_classes)
-    return config
-
-
-def _info_options(config):
-    # Only the "folder" dataset reads an option here (num_classes without classes.txt).
-    return {k: v for k, v in config.dataset_options.items() if k == "num_classes"}
-
-
-def config_to_json(config):
-    # Through JSON and back, so tuples and lists compare equal with a stored config.
-    return json.loads(json.dumps(dataclasses.asdict(config)))
+# Kept importable from here: recipes and scripts import them with `train`.
+__all__ = ["TrainConfig", "TrainingDiverged", "train", "run_recipe", "recipe_config"]
 
 
 # === Data ===
 
 
 def _load(config, split, shuffle_seed=None):
-    options = dict(config.dataset_options)
-    if shuffle_seed is not None and config.dataset != "scale_digits":
-        # A full permutation of the file list per pass; the shuffle buffer of
-        # `train_pipeline` only mixes neighbours. (ScaleDigits is generated i.i.d.)
-        options.setdefault("shuffle", True)
-        options.setdefault("seed", shuffle_seed)
+    # Training reads a new full permutation of the examples on every pass (the
+    # shuffle buffer of `train_pipeline` only mixes neighbours). A folder dataset
+    # without classes.txt takes the model's class count.
+    options = {"num_classes": config.num_classes, **config.dataset_options}
     return load_dataset(
-        config.dataset, split, data_dir=config.data_dir, skip_bad=config.skip_bad, **options
+        config.dataset,
+        split,
+        data_dir=config.data_dir,
+        skip_bad=config.skip_bad,
+        shuffle=shuffle_seed is not None,
+        seed=shuffle_seed,
+        **options,
     )
 
 
@@ -261,22 +174,8 @@ def val_dataset(config):
 
 
 def build_model(config, deep_supervision=True):
-    """The `MultiScaleSegmenter` a config describes."""
-    return MultiScaleSegmenter(
-        backbone=config.backbone,
-        num_classes=config.num_classes,
-        scales=tuple(config.scales),
-        fusion=config.fusion,
-        hypercolumn=config.hypercolumn,
-        scale_dilations=config.scale_dilations,
-        recalibration=config.recalibration,
-        pyramid_pooling=config.pyramid_pooling,
-        deep_supervision=deep_supervision,
-        backbone_weights=config.backbone_weights,
-        output_stride=config.output_stride,
-        backbone_width=config.backbone_width,
-        head_channels=config.head_channels,
-    )
+    """The `MultiScaleSegmenter` a resolved config's `model` section describes."""
+    return MultiScaleSegmenter(**config.model, deep_supervision=deep_supervision)
 
 
 def learning_rate_schedule(config):
@@ -314,98 +213,18 @@ def compile_model(model, config):
 
 def synchronize_batchnorm(model):
     """Batch statistics over the global batch (Keras's TensorFlow-only option)."""
-    for layer in model._flatten_layers(include_self=False):
+    for layer in flatten_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.synchronized = True
 
 
-def inference_model(model):
-    """A float32, single-output copy of a (deep-supervision) segmenter, same weights."""
-    config = model.get_config()
-    config.update(deep_supervision=False, dtype="float32")
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float32")
-    try:
-        clone = MultiScaleSegmenter.from_config(config)
-    finally:
-        keras.config.set_dtype_policy(previous)
-    copy_weights(model, clone)
-    return clone
-
-
-def copy_weights(source, target):
-    """Copies weights layer by layer (by name); deep supervision adds no weights."""
-    for layer in target.layers:
-        if layer.weights:
-            layer.set_weights(source.get_layer(layer.name).get_weights())
-
-
-# === Files ===
-
-
-def _temporary(path, suffix=""):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        prefix=TEMPORARY_PREFIX + os.path.basename(path) + "-", suffix=suffix, dir=folder
-    )
-    os.close(handle)
-    return temporary
-
-
-def _replace(write, path, suffix=""):
-    """Writes through `write(temporary_path)`, then renames onto `path`."""
-    temporary = _temporary(path, suffix)
-    try:
-        write(temporary)
-        make_ordinary(temporary)  # mkstemp makes it private
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
-def write_json(path, value):
-    def write(temporary):
-        with open(temporary, "w") as f:
-            json.dump(value, f, indent=2)
-            f.write("\n")
-
-    _replace(write, path)
-
-
-def read_json(path, default=None):
-    if not os.path.exists(path):
-        return default
-    with open(path) as f:
-        return json.load(f)
-
-
-def save_model(model, path):
-    """`model.save(path)` through a temporary `.keras` file."""
-    _replace(lambda temporary: model.save(temporary), path, suffix=".keras")
-
-
-def _remove_stale_temporaries(folder):
-    # Left behind by a run killed while writing; never read.
-    for root, _, files in os.walk(folder):
-        for name in files:
-            if name.startswith(TEMPORARY_PREFIX):
-                os.remove(os.path.join(root, name))
-
-
 def _check_or_write_config(config, out_dir, resuming, write):
     path = os.path.join(out_dir, "config.json")
-    stored = read_json(path)
+    stored = files.read_json(path, None)
     current = config_to_json(config)
     if resuming and stored is not None:
         # The data may move between restarts; everything else defines the run.
-        differing = sorted(
-            key
-            for key in set(stored) | set(current)
-            if key != "data_dir" and stored.get(key) != current.get(key)
-        )
+        differing = differing_keys(stored, current)
         if differing:
             raise ValueError(
                 f"{out_dir} holds a run with a different config (differs in: "
@@ -413,178 +232,22 @@ def _check_or_write_config(config, out_dir, resuming, write):
                 "start over."
             )
     if write:
-        write_json(path, current)
-
-
-# === Callbacks ===
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
-
-
-class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stops at the first NaN/inf loss with a message naming the step.
-
-    Unlike `keras.callbacks.TerminateOnNaN` it raises, so no later callback
-    saves the broken weights and the command exits with an error.
-    """
-
-    def __init__(self, backup_dir, learning_rate):
-        super().__init__()
-        self.backup_dir = backup_dir
-        self.learning_rate = learning_rate
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is None or math.isfinite(float(loss)):
-            return
-        step = int(self.model.optimizer.iterations.numpy())
-        epoch = restored_epoch(self.backup_dir)
-        saved = (
-            f"The last good state, after epoch {epoch}, is in {self.backup_dir}."
-            if epoch
-            else "No epoch had finished, so nothing was saved."
-        )
-        raise TrainingDiverged(
-            f"training stopped: the loss is {float(loss)} at step {step}; the weights are "
-            f"no longer usable. {saved} Try a lower learning rate (now "
-            f"{self.learning_rate:g}), or check the data and labels."
-        )
-
-
-class StopAtStep(keras.callbacks.Callback):
-    """Ends training when the optimizer has taken `steps` steps (mid-epoch if need be)."""
-
-    def __init__(self, steps):
-        super().__init__()
-        self.steps = steps
-
-    def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) >= self.steps:
-            self.model.stop_training = True
-
-
-class ResumableBackup(keras.callbacks.BackupAndRestore):
-    """`BackupAndRestore` with atomic writes and separate read and write folders.
-
-    Keras writes `latest.weights.h5` and `training_metadata.json` in place; a kill
-    during the write would leave a file that cannot be read. Here
-    `keras_msattn.checkpoints` writes each through a temporary name, keeps the
-    previous epoch's weights beside the newest, and checks them when read: a
-    damaged newest checkpoint is reported and the previous one resumes.
-
-    Multi-worker: every worker restores from the chief's `backup_dir` (a shared
-    file system) and writes its own copy into `write_dir`, which is a temporary
-    folder on workers other than the chief.
-    """
-
-    def __init__(self, backup_dir, write_dir=None, log=print):
-        super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
-        self.write_dir = write_dir or backup_dir
-        self.log = log
-        self.restored_epoch = 0
-
-    def on_train_begin(self, logs=None):
-        # Two checked generations instead of Keras's one: see keras_msattn.checkpoints.
-        if checkpoints.exists(self.backup_dir):
-            if self.model.optimizer is not None and not self.model.optimizer.built:
-                self.model.optimizer.build(self.model.trainable_variables)  # before loading
-            self.restored_epoch = checkpoints.restore(self.model, self.backup_dir, self.log)
-            self.model._initial_epoch = self.restored_epoch
-            step = int(self.model.optimizer.iterations.numpy())
-            self.log(f"resuming from {self.backup_dir}: epoch {self.restored_epoch}, step {step}")
-
-    def _save_model(self):
-        checkpoints.save(self.model, self.write_dir, self._current_epoch, self._last_batch_seen)
-
-
-def best_path(out_dir):
-    return os.path.join(out_dir, "best.json")
-
-
-def restored_epoch(backup_dir):
-    """The epoch a backup in `backup_dir` resumes at (0 when there is none)."""
-    return checkpoints.usable_epoch(backup_dir)
-
-
-def _float_logs(logs):
-    return {key: float(value) for key, value in (logs or {}).items()}
-
-
-def _monitored(logs):
-    # A one-output model logs "val_miou", a multi-output one "val_final_miou".
-    for key in ("val_final_miou", "val_miou"):
-        if key in logs:
-            return key, float(logs[key])
-    return None, None
-
-
-class EpochRecords(keras.callbacks.Callback):
-    """Writes history.json, and best.keras + best.json when validation mIoU improves.
-
-    Both survive restarts: history entries of epochs about to be redone are
-    dropped, and the best score so far is read back from best.json.
-    """
-
-    def __init__(self, out_dir, schedule, export, best=None, log=print):
-        super().__init__()
-        self.history_path = os.path.join(out_dir, "history.json")
-        self.best_path = best_path(out_dir)
-        self.best_model_path = os.path.join(out_dir, "best.keras")
-        self.schedule = schedule
-        self.export = export
-        # Kept in memory: every worker must take the same decisions.
-        self.best = best
-        self.log = log
-        self.history = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if self.history is None:
-            history = read_json(self.history_path, [])
-            self.history = [entry for entry in history if entry["epoch"] <= epoch]
-        self.epoch_started = time.monotonic()
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = _float_logs(logs)
-        step = int(self.model.optimizer.iterations.numpy())
-        # Training time summed over restarts (validation included), for mIoU-vs-time curves.
-        elapsed = self.history[-1].get("elapsed_seconds", 0.0) if self.history else 0.0
-        elapsed += time.monotonic() - self.epoch_started
-        entry = {
-            "epoch": epoch + 1,
-            "step": step,
-            "learning_rate": float(self.schedule(step)),
-            "elapsed_seconds": elapsed,
-        }
-        self.history.append({**entry, **logs})
-        write_json(self.history_path, self.history)
-        key, value = _monitored(logs)
-        if key is None:
-            return
-        if self.best is None or value > self.best["value"]:
-            self.best = {**entry, "monitor": key, "value": value}
-            self.export.save(self.best_model_path)
-            write_json(self.best_path, self.best)
-            self.log(f"epoch {epoch + 1}: {key} {value:.4f}, saved {self.best_model_path}")
-
-
-class InferenceExport:
-    """Saves the inference copy of a training model; the copy is built once."""
-
-    def __init__(self, model):
-        self.model = model
-        self.clone = None
-
-    def save(self, path):
-        if self.clone is None:
-            self.clone = inference_model(self.model)
-        else:
-            copy_weights(self.model, self.clone)
-        save_model(self.clone, path)
+        files.write_json(path, current)
 
 
 # === Training ===
+
+
+def _log_memory_estimate(model, config, replicas, log):
+    # Said before the first step: an out-of-memory kill gives no message of its own.
+    crop = config.crop_size
+    crop = (crop, crop) if isinstance(crop, int) else tuple(crop)
+    slots = 1 if config.optimizer == "sgd" else 2
+    memory = estimate_training_memory(model, crop, optimizer_slots=slots)
+    log(
+        memory.format(config.batch_size // replicas)
+        + ". If a device runs out of memory, lower batch_size or crop_size."
+    )
 
 
 def _precision_policy(enabled):
@@ -631,15 +294,15 @@ def train(config, out_dir, strategy="auto", verbose=1, log=print):
     write_dir = out_dir if chief else tempfile.mkdtemp(prefix="msattn-worker-")
     if chief:
         os.makedirs(out_dir, exist_ok=True)
-        _remove_stale_temporaries(out_dir)
+        files.remove_stale_temporaries(out_dir)
     backup_dir = os.path.join(out_dir, "backup")
     start_epoch = restored_epoch(backup_dir)
     # Only a backup ties a folder to its config: without one, start over.
     _check_or_write_config(config, out_dir, resuming=start_epoch > 0, write=chief)
     epochs = math.ceil(config.steps / config.steps_per_epoch)
     log(
-        f"training {config.backbone} ({config.fusion or 'single scale'}, scales "
-        f"{tuple(config.scales)}) on {config.dataset}: {config.steps} steps, global batch "
+        f"training {config.model['backbone']} ({config.model['fusion'] or 'single scale'}, "
+        f"scales {config.scales}) on {config.dataset}: {config.steps} steps, global batch "
         f"{config.batch_size}, {describe(strategy)}, output {out_dir}"
     )
 
@@ -653,6 +316,7 @@ def train(config, out_dir, strategy="auto", verbose=1, log=print):
                 # Also on one device, so that 1 and N replicas compute the same thing.
                 synchronize_batchnorm(model)
             compile_model(model, config)
+        _log_memory_estimate(model, config, replicas, log)
 
         # A resumed run draws a fresh data order instead of replaying the first epochs.
         data_seed = int(np.random.SeedSequence([config.seed, start_epoch]).generate_state(1)[0])
@@ -671,7 +335,7 @@ def train(config, out_dir, strategy="auto", verbose=1, log=print):
                 write_dir,
                 schedule,
                 export,
-                best=read_json(best_path(out_dir)) if start_epoch > 0 else None,
+                best=files.read_json(best_path(out_dir)) if start_epoch > 0 else None,
                 log=log,
             ),
             backup,
@@ -698,8 +362,8 @@ def train(config, out_dir, strategy="auto", verbose=1, log=print):
     finally:
         keras.config.set_dtype_policy(previous_policy)
 
-    best = read_json(best_path(write_dir))
-    history = read_json(os.path.join(write_dir, "history.json"), [])
+    best = files.read_json(best_path(write_dir))
+    history = files.read_json(os.path.join(write_dir, "history.json"), [])
     log(
         f"finished at step {steps} of {config.steps}"
         + (f"; best {best['monitor']} {best['value']:.4f} at epoch {best['epoch']}" if best else "")
@@ -707,8 +371,6 @@ def train(config, out_dir, strategy="auto", verbose=1, log=print):
     )
     if not chief:
         # Nothing this worker wrote is needed once the chief has its outputs.
-        import shutil
-
         shutil.rmtree(write_dir, ignore_errors=True)
     return {
         "steps": steps,
@@ -718,54 +380,6 @@ def train(config, out_dir, strategy="auto", verbose=1, log=print):
         "model_path": model_path,
         "restored_epoch": backup.restored_epoch,
     }
-
-
-# === Recipes ===
-
-
-def load_recipe(path):
-    """Imports a recipe file; it must define `CONFIG` (a TrainConfig) and may define
-    `VARIANTS` ({name: overrides}) and `DEFAULT_VARIANT`."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"recipe not found: {path}")
-    name = "msattn_recipe_" + os.path.splitext(os.path.basename(path))[0].replace("-", "_")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not isinstance(getattr(module, "CONFIG", None), TrainConfig):
-        raise ValueError(f"recipe {path} must define CONFIG = TrainConfig(...)")
-    return module
-
-
-def parse_overrides(pairs):
-    """`["key=value", ...]` -> dict; values are Python literals where they parse, else strings."""
-    keys = config_keys()
-    overrides = {}
-    for pair in pairs:
-        key, separator, text = pair.partition("=")
-        key = key.strip()
-        if not separator:
-            raise ValueError(f"--set expects key=value, got {pair!r}.")
-        if key not in keys:
-            raise ValueError(f"unknown key {key!r} in --set; allowed keys: {', '.join(keys)}.")
-        try:
-            overrides[key] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            overrides[key] = text
-    return overrides
-
-
-def recipe_config(recipe, variant=None, overrides=None):
-    """The config of a loaded recipe, with a variant and `--set` overrides applied."""
-    variants = getattr(recipe, "VARIANTS", {})
-    variant = variant or getattr(recipe, "DEFAULT_VARIANT", None)
-    config = recipe.CONFIG
-    if variant is not None:
-        if variant not in variants:
-            allowed = ", ".join(variants) or "none (this recipe has no variants)"
-            raise ValueError(f"unknown variant {variant!r}; allowed variants: {allowed}.")
-        config = dataclasses.replace(config, **variants[variant])
-    return dataclasses.replace(config, **(overrides or {}))
 
 
 def run_recipe(path, variant=None, sets=(), out_dir=None, data_dir=None, strategy="auto",

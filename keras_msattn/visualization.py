@@ -4,7 +4,7 @@ Image outputs (`colorize`, `overlay`, `save_image`) need only numpy and PIL.
 Figures (`plot_predictions`, `plot_scale_attention`, `plot_recalibration`) use
 matplotlib's object-oriented API with the Agg canvas, imported when first
 needed, so nothing here changes the matplotlib backend of the caller. Every PNG
-is written atomically (temporary file, then os.replace).
+is written atomically (through `keras_msattn.files`).
 
 Colours: the PASCAL VOC palette (`palette`), which spreads the bits of the class
 index over the high bits of R, G and B, so neighbouring classes get clearly
@@ -12,13 +12,10 @@ different colours for up to 255 classes; class 0 is black. The ignore label 255
 is drawn white.
 """
 
-import os
-import tempfile
-
 import numpy as np
 from PIL import Image
 
-from keras_msattn.errors import make_ordinary
+from keras_msattn import files
 
 IGNORE_LABEL = 255
 IGNORE_COLOR = (255, 255, 255)
@@ -88,24 +85,6 @@ def overlay(image, labels, alpha=0.5):
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
-def _atomic_write(path, write):
-    """Calls `write(tmp_path)`, then moves the file to `path`."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
-    os.close(handle)
-    try:
-        write(tmp)
-        make_ordinary(tmp)  # mkstemp makes it private
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
 def save_image(array, path):
     """Writes a uint8 `(H, W)` (grayscale) or `(H, W, 3)` (RGB) array as a PNG, atomically."""
     array = np.asarray(array)
@@ -113,7 +92,7 @@ def save_image(array, path):
         raise ValueError(
             f"`array` must be uint8 (H, W) or (H, W, 3), got {array.dtype} {array.shape}."
         )
-    return _atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+    return files.write_with(lambda tmp: Image.fromarray(array).save(tmp, format="PNG"), path)
 
 
 # === Figures ===
@@ -132,7 +111,7 @@ def _figure(rows, cols):
 
 
 def _save_figure(figure, path):
-    return _atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=DPI))
+    return files.write_with(lambda tmp: figure.savefig(tmp, format="png", dpi=DPI), path)
 
 
 def _class_names(class_names, needed):

@@ -11,6 +11,14 @@ weight decay 1e-4, base learning rate 1e-2, batch 16, 473x473 crops, random
 scale 0.5-2.0, flips, and 150k iterations at batch 16 (PSPNet's count). Change
 any with --set, e.g. --set steps=80000 batch_size=8.
 
+Hardware: these defaults assume 4 GPUs of at least 16 GB (the global batch of
+16 splits into 4 images per device). `msattn summary --set backbone=resnet34_d8
+num_classes=150 --input-size 473 473` estimates 3.55 GiB of training memory per
+image + 0.32 GiB: about 14.5 GiB per device at 4 images, 57 GiB at all 16 on
+one device (which a 24 GB machine cannot hold: the kernel kills the run with
+no message). On one 24 GB GPU use --set batch_size=4; `msattn train` prints
+the estimate for the chosen batch per device at start-up.
+
 Backbone weights: keras.applications has no ResNet34, so this recipe starts
 from scratch (backbone_weights=None). The paper used an ImageNet ResNet34: pass
 a `.weights.h5` file saved from `build_backbone("resnet34_d8")` with
@@ -41,10 +49,12 @@ CONFIG = TrainConfig(
     flip=True,
     val_images=500,
     val_size=512,
-    backbone="resnet34_d8",
-    backbone_weights=None,
-    output_stride=8,
-    scales=(1.0, 0.5),
+    model=dict(
+        backbone="resnet34_d8",
+        backbone_weights=None,
+        output_stride=8,
+        scales=(1.0, 0.5),
+    ),
     batch_size=16,
     steps=150_000,
     steps_per_epoch=5_000,
@@ -56,6 +66,7 @@ CONFIG = TrainConfig(
     poly_power=0.9,
 )
 
+# Variants replace these entries of CONFIG.model.
 _OURS = dict(
     scales=(1.0, 0.5),
     fusion="attention",
@@ -64,13 +75,13 @@ _OURS = dict(
     recalibration="multiply",
 )
 VARIANTS = {
-    "baseline": dict(scales=(1.0,), fusion=None, pyramid_pooling=False),
+    "baseline": dict(model=dict(scales=(1.0,), fusion=None, pyramid_pooling=False)),
     "attention_to_scale": dict(
-        scales=(1.0, 0.5), fusion="attention_to_scale", pyramid_pooling=False
+        model=dict(scales=(1.0, 0.5), fusion="attention_to_scale", pyramid_pooling=False)
     ),
-    "psp": dict(scales=(1.0,), fusion=None, pyramid_pooling=True),
-    "full": dict(**_OURS, pyramid_pooling=False),
-    "full_psp": dict(**_OURS, pyramid_pooling=True),
+    "psp": dict(model=dict(scales=(1.0,), fusion=None, pyramid_pooling=True)),
+    "full": dict(model=dict(**_OURS, pyramid_pooling=False)),
+    "full_psp": dict(model=dict(**_OURS, pyramid_pooling=True)),
 }
 DEFAULT_VARIANT = "full"
 

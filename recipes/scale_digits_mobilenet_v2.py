@@ -29,11 +29,13 @@ CONFIG = TrainConfig(
     flip=False,
     val_images=None,
     val_size=192,
-    backbone="mobilenet_v2",
-    backbone_weights=None,
-    backbone_width=0.5,
-    output_stride=8,
-    scales=(1.0, 0.5),
+    model=dict(
+        backbone="mobilenet_v2",
+        backbone_weights=None,
+        backbone_width=0.5,
+        output_stride=8,
+        scales=(1.0, 0.5),
+    ),
     batch_size=8,
     steps=3_000,
     steps_per_epoch=500,
@@ -45,14 +47,16 @@ CONFIG = TrainConfig(
 )
 
 VARIANTS = {
-    "single_scale": dict(scales=(1.0,), fusion=None),
-    "average_merge": dict(scales=(1.0, 0.5), fusion="average"),
+    "single_scale": dict(model=dict(scales=(1.0,), fusion=None)),
+    "average_merge": dict(model=dict(scales=(1.0, 0.5), fusion="average")),
     "full": dict(
-        scales=(1.0, 0.5),
-        fusion="attention",
-        hypercolumn=True,
-        scale_dilations="auto",
-        recalibration="multiply",
+        model=dict(
+            scales=(1.0, 0.5),
+            fusion="attention",
+            hypercolumn=True,
+            scale_dilations="auto",
+            recalibration="multiply",
+        )
     ),
 }
 DEFAULT_VARIANT = "full"

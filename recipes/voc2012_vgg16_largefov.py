@@ -42,9 +42,11 @@ CONFIG = TrainConfig(
     scale_range=(0.5, 2.0),
     flip=True,
     val_size=512,  # VOC images are at most 500 px: validation at full resolution
-    backbone="vgg16_largefov",
-    backbone_weights="imagenet",
-    scales=(1.0, 0.5),
+    model=dict(
+        backbone="vgg16_largefov",
+        backbone_weights="imagenet",
+        scales=(1.0, 0.5),
+    ),
     batch_size=10,
     steps=20_000,
     steps_per_epoch=1_000,
@@ -56,8 +58,9 @@ CONFIG = TrainConfig(
     poly_power=0.9,
 )
 
+# Variants replace these entries of CONFIG.model.
 _ATTENTION = dict(scales=(1.0, 0.5), fusion="attention")
-VARIANTS = {
+_MODELS = {
     "single_scale": dict(scales=(1.0,), fusion=None),
     "max_merge": dict(scales=(1.0, 0.5), fusion="max"),
     "average_merge": dict(scales=(1.0, 0.5), fusion="average"),
@@ -68,6 +71,7 @@ VARIANTS = {
     ),
     "full": dict(**_ATTENTION, hypercolumn=True, scale_dilations="auto", recalibration="multiply"),
 }
+VARIANTS = {name: dict(model=model) for name, model in _MODELS.items()}
 DEFAULT_VARIANT = "full"
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ import keras
 import numpy as np
 import pytest
 
-from keras_msattn import backbones
 from keras_msattn.backbones import BACKBONE_NAMES, build_backbone, preprocessing_mode
 from keras_msattn.backbones.weights import copy_weights_by_name
 
@@ -344,12 +343,11 @@ def test_bad_arguments(kwargs, error, match):
         build_backbone(**kwargs)
 
 
-def test_public_names():
-    assert backbones.BACKBONE_NAMES == (
-        "vgg16_largefov",
-        "resnet18_d8",
-        "resnet34_d8",
-        "resnet50_d8",
-        "resnet101_d8",
-        "mobilenet_v2",
-    )
+def test_every_public_backbone_is_covered_by_the_contract_tests():
+    # A name added to BACKBONE_NAMES without its stage layers and channels here
+    # would otherwise go untested by test_output_contract and test_feature_shapes.
+    assert len(set(BACKBONE_NAMES)) == len(BACKBONE_NAMES) == 6
+    assert set(BACKBONE_NAMES) == set(STAGE_LAYERS) == set(STAGE_CHANNELS)
+    with pytest.raises(ValueError) as error:
+        build_backbone("resnet152_d8")
+    assert all(name in str(error.value) for name in BACKBONE_NAMES)

@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 from fake_datasets import make_fake_ade20k
 
-from keras_msattn import MultiScaleSegmenter, evaluation
+from keras_msattn import MultiScaleSegmenter, evaluation, inference
 from keras_msattn.cli import main
-from keras_msattn.data import dataset_info, load_dataset
+from keras_msattn.data import dataset_info, load_dataset, scale_digits
 
 ADE_CLASSES = 150
 
@@ -92,7 +92,7 @@ def test_scores_equal_a_numpy_confusion_matrix_of_the_argmax(model, pairs):
 
 def test_multi_scale_testing_averages_softmax_probabilities(model):
     image = np.random.default_rng(1).uniform(0, 255, (64, 48, 3)).astype("float32")
-    got = evaluation.predict_probabilities(model, image, tta_scales=(0.75, 1.0))
+    got = inference.predict_probabilities(model, image, tta_scales=(0.75, 1.0))
     small = tf.image.resize(image[None], (48, 36), method="bilinear")
     small_logits = tf.image.resize(model(small, training=False), (64, 48), method="bilinear")
     expected = (
@@ -107,7 +107,7 @@ def test_flip_averages_the_image_and_its_mirror(model):
     symmetric = np.concatenate([half, half[:, ::-1]], axis=1)
     plain = softmax(np.asarray(model(symmetric[None]))[0])
     assert np.abs(plain - plain[:, ::-1]).max() > 1e-3  # the model itself is not symmetric
-    flipped = evaluation.predict_probabilities(model, symmetric, flip=True)
+    flipped = inference.predict_probabilities(model, symmetric, flip=True)
     np.testing.assert_allclose(flipped, (plain + plain[:, ::-1]) / 2, atol=1e-5)
     np.testing.assert_allclose(flipped, flipped[:, ::-1], atol=1e-5)
 
@@ -124,10 +124,10 @@ def test_sliding_window_covers_every_pixel_and_averages_overlaps(size):
     model = pointwise_model(16, 16)
     image = np.random.default_rng(4).uniform(0, 255, (*size, 3)).astype("float32")
     direct = np.asarray(model.layers[-1](image[None] / 255.0))[0]
-    logits = evaluation.sliding_window_logits(model, image, 16, batch_size=3)
+    logits = inference.sliding_window_logits(model, image, 16, batch_size=3)
     np.testing.assert_allclose(logits, direct, atol=1e-5)
     # The fixed-size model gets windows automatically.
-    probabilities = evaluation.predict_probabilities(model, image, flip=True)
+    probabilities = inference.predict_probabilities(model, image, flip=True)
     np.testing.assert_allclose(probabilities, softmax(direct), atol=1e-5)
 
 
@@ -141,7 +141,7 @@ def test_fixed_size_model_is_tiled_like_an_explicit_sliding_window(model, ade, p
     assert auto["confusion_matrix"] == explicit["confusion_matrix"]
     assert auto["num_pixels"] == sum(int((lab != 255).sum()) for lab in ade["labels"]["val"])
     with pytest.raises(ValueError, match="cannot take 40x40 windows"):
-        evaluation.predict_probabilities(fixed, np.zeros((45, 60, 3)), sliding_window=40)
+        inference.predict_probabilities(fixed, np.zeros((45, 60, 3)), sliding_window=40)
 
 
 def test_sliding_window_that_covers_the_image_equals_plain_evaluation(model, pairs):
@@ -153,11 +153,11 @@ def test_sliding_window_that_covers_the_image_equals_plain_evaluation(model, pai
 
 def test_images_below_the_minimum_side_are_padded(model):
     image = np.random.default_rng(5).uniform(0, 255, (20, 50, 3)).astype("float32")
-    assert not evaluation.accepts_input_size(model, 20, 50)
-    probabilities = evaluation.predict_probabilities(model, image)
+    assert not inference.accepts_input_size(model, 20, 50)
+    probabilities = inference.predict_probabilities(model, image)
     assert probabilities.shape == (20, 50, ADE_CLASSES)
     padded = np.empty((32, 50, 3), "float32")
-    padded[:] = evaluation.PAD_COLOR
+    padded[:] = inference.PAD_COLOR
     padded[:20] = image
     expected = softmax(np.asarray(model(padded[None]))[0, :20])
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
@@ -189,10 +189,11 @@ def test_json_report_is_written_atomically_with_a_progress_bar(model, pairs, tmp
 
 
 def test_size_bucket_miou_on_scale_digits():
-    scale_digits = pytest.importorskip("keras_msattn.data.scale_digits")
     model = tiny(num_classes=11)
     ds = scale_digits.load("test", image_size=64, num_images=3, with_size_map=True)
-    results = evaluation.evaluate(model, ds, 11, size_buckets=True, verbose=0)
+    results = evaluation.evaluate(
+        model, ds, 11, extra_scores=scale_digits.SizeBucketScores(), verbose=0
+    )
     images, labels, size_maps = (
         np.stack(parts) for parts in zip(*ds.as_numpy_iterator(), strict=True)
     )
@@ -204,7 +205,7 @@ def test_size_bucket_miou_on_scale_digits():
     assert any(results[f"miou_{b}"] is not None for b in ("small", "medium", "large"))
     with pytest.raises(ValueError, match="size_map"):
         evaluation.evaluate(model, scale_digits.load("test", image_size=64, num_images=1), 11,
-                            size_buckets=True, verbose=0)  # fmt: skip
+                            extra_scores=scale_digits.SizeBucketScores(), verbose=0)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -273,3 +274,24 @@ def test_cli_evaluate_errors_name_the_problem(saved_model, argv, message, capsys
     argv = [a.replace("{model}", str(saved_model)) for a in argv]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_cli_evaluate_takes_the_class_count_of_a_folder_without_classes_txt_from_the_model(
+    tmp_path, capsys
+):
+    # An 11-class model on a ScaleDigits folder export whose classes.txt is gone.
+    data = scale_digits.export_to_folder(tmp_path / "digits", "val", 2, image_size=64)
+    (data / "classes.txt").unlink()
+    model = MultiScaleSegmenter(
+        backbone="mobilenet_v2", backbone_width=0.35, num_classes=11, scales=(1.0,), fusion=None
+    )
+    model_path = tmp_path / "digits.keras"
+    model.save(model_path)
+    out = tmp_path / "report.json"
+    argv = ["evaluate", str(model_path), "--dataset", "folder", "--data-dir", str(data),
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    report = json.loads(out.read_text())
+    assert report["split"] == "all" and report["num_images"] == 2
+    assert list(report["per_class_iou"]) == [f"class_{i}" for i in range(11)]
+    assert np.asarray(report["confusion_matrix"]).sum() == 2 * 64 * 64

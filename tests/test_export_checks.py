@@ -10,7 +10,6 @@ from keras_msattn import MultiScaleSegmenter
 from keras_msattn.export import (
     LiteRTModel,
     UnsupportedOpsError,
-    atomic,
     calibration,
     export_saved_model,
     export_tflite,
@@ -198,14 +197,3 @@ def test_labelled_examples_are_checked():
         calibration.labelled(images(2), (32, 32))
     with pytest.raises(ValueError, match="RGB"):
         calibration.images(np.zeros((2, 32, 32, 4), np.float32), (32, 32))
-
-
-def test_committing_a_folder_replaces_the_old_one(tmp_path):
-    target = tmp_path / "1"
-    for content in ("old", "new"):
-        with atomic.staged_directory(str(target)) as staged:
-            with open(os.path.join(staged, "file.txt"), "w") as handle:
-                handle.write(content)
-            atomic.commit(staged, str(target))
-    assert (target / "file.txt").read_text() == "new"
-    assert listing(tmp_path) == ["1"]

@@ -14,18 +14,41 @@ from keras_msattn.layers.pyramid_pooling import adaptive_average_pool
 
 
 @pytest.mark.parametrize(
-    "layer",
+    "layer,fields",
     [
-        ImageNormalization(mode="tf"),
-        ResizeByScale(0.5, interpolation="nearest"),
-        ResizeToReference(interpolation="bilinear"),
-        ScaleFusion("attention", recalibration="add"),
-        PyramidPooling(bins=(1, 3), channels=8),
+        # Every value differs from the default, so a field dropped from
+        # get_config comes back as the default and fails.
+        (ImageNormalization(mode="tf"), {"mode": "tf"}),
+        (ResizeByScale(0.5, interpolation="nearest"), {"scale": 0.5, "interpolation": "nearest"}),
+        (ResizeToReference(interpolation="nearest"), {"interpolation": "nearest"}),
+        (ScaleFusion("max"), {"fusion": "max", "recalibration": None}),
+        (
+            ScaleFusion("weighted_sum", recalibration="add"),
+            {"fusion": "weighted_sum", "recalibration": "add"},
+        ),
+        (PyramidPooling(bins=(1, 3), channels=8), {"bins": (1, 3), "channels": 8}),
     ],
 )
-def test_config_round_trip(layer):
-    clone = layer.__class__.from_config(layer.get_config())
-    assert clone.get_config() == layer.get_config()
+def test_config_round_trip(layer, fields):
+    config = layer.get_config()
+    clone = layer.__class__.from_config(config)
+    for name, value in fields.items():
+        stored = config[name]
+        assert (tuple(stored) if isinstance(stored, list) else stored) == value, name
+        restored = getattr(clone, name)
+        assert (tuple(restored) if isinstance(restored, list) else restored) == value, name
+
+
+def test_scale_fusion_reads_its_former_name():
+    # Models saved when "weighted_sum" was called "attention" still load.
+    layer = ScaleFusion.from_config({"fusion": "attention", "recalibration": "multiply"})
+    assert (layer.fusion, layer.get_config()["fusion"]) == ("weighted_sum", "weighted_sum")
+    logits = [np.full((1, 2, 2, 3), 1.0, "float32"), np.full((1, 2, 2, 3), 3.0, "float32")]
+    weights = np.full((1, 2, 2, 2), 0.5, "float32")
+    merged = layer(logits, weights, np.full((1, 2, 2, 3), 2.0, "float32"))
+    np.testing.assert_allclose(merged, np.full((1, 2, 2, 3), 4.0))  # (0.5*1 + 0.5*3) * 2
+    with pytest.raises(ValueError, match="`fusion`"):
+        ScaleFusion("attention_to_scale")
 
 
 def test_image_normalization_modes():

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from subprocess_script import run_script
 
+from keras_msattn.inference import segmentation_scores
 from keras_msattn.losses import SegmentationCrossEntropy
 from keras_msattn.metrics import (
     ConfusionMatrix,
     MeanClassAccuracy,
     MeanIoU,
     PixelAccuracy,
-    segmentation_scores,
 )
 
 NUM_CLASSES = 5

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_msattn import MultiScaleSegmenter, evaluation, prediction, visualization
+from keras_msattn import MultiScaleSegmenter, inference, prediction, visualization
 from keras_msattn.cli import main
 
 NUM_CLASSES = 5
@@ -79,7 +79,7 @@ def test_cli_predict_writes_masks_of_the_input_size(model, saved_model, images, 
             assert labels_png.mode == "L" and labels_png.size == (width, height)
             labels = np.asarray(labels_png)
         # The label PNG holds the model's predicted class indices.
-        np.testing.assert_array_equal(labels, evaluation.predict_labels(model, image))
+        np.testing.assert_array_equal(labels, inference.predict_labels(model, image))
         assert labels.max() < NUM_CLASSES
         with Image.open(out / f"{stem}_mask.png") as mask:
             assert mask.mode == "RGB" and mask.size == (width, height)

@@ -2,19 +2,24 @@ import json
 import os
 import re
 
+import numpy as np
+
 from keras_msattn.quickstart import quickstart_config, run_quickstart
 
 
 def test_quickstart_config_is_the_two_scale_attention_edge_model():
     config = quickstart_config(steps=10)
-    assert config.dataset == "scale_digits" and config.backbone == "mobilenet_v2"
-    assert tuple(config.scales) == (1.0, 0.5) and config.fusion == "attention"
-    assert config.steps == 10 and config.backbone_weights is None
+    model = config.model
+    assert config.dataset == "scale_digits" and model["backbone"] == "mobilenet_v2"
+    assert tuple(model["scales"]) == (1.0, 0.5) and model["fusion"] == "attention"
+    assert config.steps == 10 and model["backbone_weights"] is None
 
 
 def test_quickstart_writes_model_exports_figures_and_report(tmp_path):
     out = tmp_path / "quickstart"
-    summary = run_quickstart(str(out), steps=2, test_images=6, export_images=4, log=lambda *_: None)
+    summary = run_quickstart(
+        str(out), steps=2, test_images=6, export_images=4, threads=1, log=lambda *_: None
+    )
     for name in [
         "model.keras",
         "evaluation.json",
@@ -32,10 +37,22 @@ def test_quickstart_writes_model_exports_figures_and_report(tmp_path):
     for figure in figures:
         assert os.path.getsize(out / figure) > 5000, figure
     scores = json.loads((out / "evaluation.json").read_text())
-    assert scores["num_images"] == 6 and 0.0 <= scores["miou"] <= 1.0
+    # The scores are those of the confusion matrix of 6 whole 192-px images.
+    confusion = np.asarray(scores["confusion_matrix"], dtype=np.float64)
+    assert scores["num_images"] == 6 and confusion.sum() == 6 * 192 * 192
+    hits = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - hits
+    present = union > 0
+    assert np.isclose(scores["miou"], np.mean(hits[present] / union[present]))
+    assert np.isclose(scores["pixel_accuracy"], hits.sum() / confusion.sum())
     weights = scores["scale_weight_by_digit_size"]
     for values in weights.values():
         assert abs(sum(values.values()) - 1.0) < 1e-4
-    assert 0.0 <= summary["int8_argmax_agreement"] <= 1.0
     int8 = json.loads((out / "model_int8.report.json").read_text())
+    # The summary repeats what the export verified, and the report names the
+    # thread count it was timed with.
+    assert summary["int8_argmax_agreement"] == int8["agreement"]["argmax_agreement"]
+    assert summary["int8_miou"] == int8["miou"]["artifact"]
+    assert f"{summary['int8_argmax_agreement']:.2%}" in report
+    assert "latency, 1 LiteRT thread |" in report and "2 threads" not in report
     assert int8["flex_ops"] == [] and int8["samples"]["count"] == 4

@@ -12,7 +12,7 @@ import numpy as np
 from fake_datasets import make_fake_voc, truncate_file
 
 import keras_msattn  # noqa: F401  (registers the classes for safe-mode loading)
-from keras_msattn.training import TEMPORARY_PREFIX
+from keras_msattn.files import TEMPORARY_PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 6

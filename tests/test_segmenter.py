@@ -273,3 +273,69 @@ def test_runs_in_a_graph_with_unknown_image_size():
         )
     # predict() retraces for a new size; every size must work.
     assert model.predict_on_batch(random_images(1, 48, 52)).shape == (1, 48, 52, 4)
+
+
+@pytest.mark.parametrize("fusion", ["attention_to_scale", "average", "max"])
+def test_arguments_the_fusion_does_not_use_are_stored_as_none(fusion):
+    config = tiny(fusion=fusion).get_config()
+    assert (config["hypercolumn"], config["scale_dilations"], config["recalibration"]) == (
+        None,
+        None,
+        None,
+    )
+    if fusion != "attention_to_scale":
+        assert config["head_channels"] is None  # no attention heads to size
+    # The saved config rebuilds the same model.
+    clone = MultiScaleSegmenter.from_config(config)
+    assert (
+        clone.get_config() == config and clone.count_params() == tiny(fusion=fusion).count_params()
+    )
+
+
+@pytest.mark.parametrize(
+    "argument, value",
+    [("recalibration", "add"), ("scale_dilations", (2, 12)), ("hypercolumn", False)],
+)
+def test_arguments_the_fusion_ignores_are_refused_when_set(argument, value):
+    with pytest.raises(ValueError, match=f"`{argument}`.*no effect with fusion='max'"):
+        tiny(fusion="max", **{argument: value})
+
+
+def test_the_paper_model_keeps_its_arguments():
+    config = tiny(scale_dilations=(2, 12), recalibration="add").get_config()
+    assert (config["fusion"], config["hypercolumn"]) == ("attention", True)
+    assert (tuple(config["scale_dilations"]), config["recalibration"]) == ((2, 12), "add")
+    assert config["head_channels"] == 16
+
+
+def test_training_memory_estimate_grows_with_the_pixels_and_the_second_scale():
+    from keras_msattn.summary import estimate_training_memory
+
+    def per_image(size, **kwargs):
+        model = tiny(deep_supervision=True, **kwargs)
+        return estimate_training_memory(model, (size, size)).per_image
+
+    small, large = per_image(64), per_image(128)
+    # Activations scale with the pixel count (per-channel statistics do not).
+    assert 3.0 < large / small < 4.2
+    single = per_image(64, scales=(1.0,), fusion=None)
+    assert 1.2 < small / single < 3.0  # the 0.5x stream and the heads add to 1x
+    memory = estimate_training_memory(tiny(), (64, 64), optimizer_slots=2)
+    params = sum(int(np.prod(w.shape)) for w in tiny().trainable_weights)
+    assert memory.fixed >= 4 * 4 * params  # weights, gradients, two Adam slots
+    assert memory.total(4) == memory.fixed + 4 * memory.per_image
+    assert "per device at 4 image(s) per device" in memory.format(4)
+
+
+def test_summary_command_builds_the_model_from_set_arguments(capsys):
+    from keras_msattn.cli import main
+
+    argv = ["summary", "--set", "backbone=resnet18_d8", "num_classes=4", "head_channels=16",
+            "--set", "output_stride=16", "--input-size", "64", "64", "--batch-per-device", "3"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    params = tiny(output_stride=16).count_params()
+    assert f"{params:,}" in out and "logits: (1, 64, 64, 4)" in out
+    assert "GiB per image" in out and "at 3 image(s) per device" in out
+    assert main(["summary", "--set", "steps=3"]) == 2
+    assert "--set steps=...: not a model argument" in capsys.readouterr().err

@@ -12,7 +12,17 @@ from fake_datasets import make_fake_voc
 import keras_msattn  # noqa: F401  (registers the classes for safe-mode loading)
 from keras_msattn import training
 from keras_msattn.cli import main
-from keras_msattn.training import TEMPORARY_PREFIX, TrainConfig, inference_model
+from keras_msattn.config import (
+    TrainConfig,
+    apply_overrides,
+    load_recipe,
+    parse_overrides,
+    recipe_config,
+    resolve_config,
+)
+from keras_msattn.files import TEMPORARY_PREFIX
+from keras_msattn.keras_internals import flatten_layers
+from keras_msattn.segmenter import inference_copy
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 VOC_RECIPE = str(RECIPES / "voc2012_vgg16_largefov.py")
@@ -29,6 +39,18 @@ TINY = [
     "val_size=64",
     "batch_size=2",
     "steps=3",
+    "steps_per_epoch=2",
+]
+
+
+# The ScaleDigits recipe, cut down to a 2-step run on 64-px images.
+TINY_DIGITS = [
+    "crop_size=64",
+    "val_size=64",
+    "backbone_width=0.35",
+    "head_channels=8",
+    "batch_size=2",
+    "steps=2",
     "steps_per_epoch=2",
 ]
 
@@ -56,9 +78,11 @@ def test_train_voc_recipe_writes_every_output(voc_dir, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
 
     config = read(out / "config.json")
-    assert config["num_classes"] == 21  # resolved from the dataset
+    assert config["model"]["num_classes"] == 21  # resolved from the dataset
     assert config["mixed_precision"] is True and config["data_dir"] == voc_dir
-    assert (config["fusion"], config["recalibration"]) == ("attention", "multiply")  # "full"
+    model_config = config["model"]
+    assert (model_config["fusion"], model_config["recalibration"]) == ("attention", "multiply")
+    assert model_config["backbone"] == "mobilenet_v2" and model_config["head_channels"] == 8
 
     # 3 steps in epochs of 2: the last epoch is cut at the target step.
     history = read(out / "history.json")
@@ -86,37 +110,37 @@ def test_train_voc_recipe_writes_every_output(voc_dir, tmp_path, capsys):
         assert np.isfinite(logits).all()
 
 
-def test_inference_model_is_the_final_output_with_the_same_weights():
-    config = TrainConfig(
+def test_inference_copy_is_the_final_output_with_the_same_weights():
+    config = TrainConfig(model=dict(
         backbone="mobilenet_v2", backbone_width=0.35, backbone_weights=None, head_channels=8,
         num_classes=5, scales=(1.0, 0.5),
-    )  # fmt: skip
+    ))  # fmt: skip
     model = training.build_model(config)
     # Move every weight off its initial value, so that a missed copy shows.
     rng = np.random.default_rng(1)
     for variable in model.weights:
         variable.assign(variable.numpy() + rng.normal(0, 0.05, variable.shape).astype("float32"))
-    clone = inference_model(model)
+    clone = inference_copy(model)
     assert not clone.deep_supervision and len(clone.weights) == len(model.weights)
     images = rng.uniform(0, 255, (2, 64, 64, 3)).astype("float32")
     expected = model(images, training=False)["final"]
     np.testing.assert_allclose(clone(images, training=False), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_inference_model_of_a_mixed_precision_model_is_float32():
-    config = TrainConfig(
-        backbone="mobilenet_v2", backbone_width=0.35, backbone_weights=None, head_channels=8,
+def test_inference_copy_of_a_mixed_precision_model_is_float32():
+    config = TrainConfig(model=dict(
+        backbone="mobilenet_v2", backbone_width=0.35, backbone_weights=None,
         num_classes=5, scales=(1.0,), fusion=None,
-    )  # fmt: skip
+    ))  # fmt: skip
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_bfloat16")
     try:
         model = training.build_model(config)
     finally:
         keras.config.set_dtype_policy(previous)
-    clone = inference_model(model)
+    clone = inference_copy(model)
     assert model.dtype_policy.name == "mixed_bfloat16"
-    assert {layer.dtype_policy.name for layer in clone._flatten_layers()} == {"float32"}
+    assert {layer.dtype_policy.name for layer in flatten_layers(clone)} == {"float32"}
     for source, target in zip(model.weights, clone.weights, strict=True):
         np.testing.assert_array_equal(source.numpy(), target.numpy())
 
@@ -173,33 +197,67 @@ def test_missing_recipe_is_an_error(tmp_path, capsys):
 
 
 def test_set_values_are_literals_where_they_parse():
-    assert training.parse_overrides(
-        ["steps=5", "scales=(1.0,)", "fusion=None", "backbone=resnet34_d8", 'dataset="ade20k"']
+    # Model arguments go into the model section, by bare name or as model.NAME.
+    assert parse_overrides(
+        [
+            "steps=5",
+            "scales=(1.0,)",
+            "model.fusion=None",
+            "backbone=resnet34_d8",
+            'dataset="ade20k"',
+        ]
     ) == {
         "steps": 5,
-        "scales": (1.0,),
-        "fusion": None,
-        "backbone": "resnet34_d8",
         "dataset": "ade20k",
+        "model": {"scales": (1.0,), "fusion": None, "backbone": "resnet34_d8"},
     }
 
 
 @pytest.mark.parametrize("recipe", [VOC_RECIPE, ADE_RECIPE, DIGITS_RECIPE])
 def test_every_recipe_variant_is_a_valid_model(recipe):
-    module = training.load_recipe(recipe)
-    model_fields = {
-        "scales", "fusion", "hypercolumn", "scale_dilations", "recalibration", "pyramid_pooling",
-    }  # fmt: skip
+    module = load_recipe(recipe)
     assert module.DEFAULT_VARIANT in module.VARIANTS
     for name, overrides in module.VARIANTS.items():
-        # Variants change the model only, and say every fusion argument they rely on.
-        assert set(overrides) <= model_fields, name
-        config = training.resolve_config(training.recipe_config(module, name))
+        # Variants change the model only.
+        assert set(overrides) == {"model"}, name
+        config = resolve_config(recipe_config(module, name))
+        for key, value in overrides["model"].items():
+            expected = tuple(value) if isinstance(value, list) else value
+            stored = config.model[key]
+            assert (tuple(stored) if isinstance(stored, list) else stored) == expected, (name, key)
         # The same arguments on a small backbone: MultiScaleSegmenter accepts them.
-        small = training.dataclasses.replace(
-            config, backbone="mobilenet_v2", backbone_width=0.35, backbone_weights=None,
-            head_channels=8, output_stride=8,
+        small = apply_overrides(
+            config,
+            {"model": dict(backbone="mobilenet_v2", backbone_width=0.35, backbone_weights=None,
+                           head_channels=8, output_stride=8)},
         )  # fmt: skip
         model = training.build_model(small)
         outputs = model(np.zeros((1, 64, 64, 3), "float32"))
         assert sorted(outputs) == sorted(keras_msattn.output_names(config.scales)), name
+
+
+def test_one_set_takes_several_values(tmp_path, capsys):
+    # `--set steps=3 stepz=4`: the second value reaches the config (and is refused
+    # by name), it is not an unrecognized argument of the command line.
+    code = main(
+        ["train", VOC_RECIPE, "--out", str(tmp_path / "run"), "--set", "steps=3", "stepz=4"]
+    )
+    error = capsys.readouterr().err
+    assert code == 2 and "unknown key 'stepz' in --set" in error
+    assert "unrecognized arguments" not in error
+
+
+def test_several_values_per_set_and_repeated_sets_train_the_same_config(tmp_path, capsys):
+    repeated = sets(['dataset_options={"image_size": 64}', "val_images=2", *TINY_DIGITS])
+    together = ["--set", 'dataset_options={"image_size": 64}', "val_images=2", *TINY_DIGITS]
+    for name, arguments in (("repeated", repeated), ("together", together)):
+        code = main(["train", DIGITS_RECIPE, "--variant", "single_scale",
+                     "--out", str(tmp_path / name)] + arguments)  # fmt: skip
+        assert code == 0, capsys.readouterr().err
+    first, second = (read(tmp_path / name / "config.json") for name in ("repeated", "together"))
+    assert first == second and first["steps"] == 2 and first["model"]["head_channels"] == 8
+    assert first["model"]["backbone_width"] == 0.35 and first["crop_size"] == 64
+    # The start-up line gives the training-memory estimate for the batch per device.
+    out = capsys.readouterr().out
+    assert out.count("training memory (estimate):") == 2
+    assert "GiB per device at 2 image(s) per device" in out

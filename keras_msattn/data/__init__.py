@@ -7,9 +7,14 @@ and "scale_digits"; `train_pipeline` / `eval_pipeline` augment and batch it;
 """
 
 from keras_msattn.data.augment import eval_pipeline, train_pipeline
-from keras_msattn.data.check import check_dataset
-from keras_msattn.data.datasets import DATASET_NAMES, DatasetInfo, dataset_info, load_dataset
-from keras_msattn.data.images import IGNORE_LABEL
+from keras_msattn.data.base import IGNORE_LABEL, DatasetInfo
+from keras_msattn.data.datasets import (
+    DATASET_NAMES,
+    check_dataset,
+    dataset_info,
+    dataset_splits,
+    load_dataset,
+)
 
 __all__ = [
     "DATASET_NAMES",
@@ -17,6 +22,7 @@ __all__ = [
     "DatasetInfo",
     "check_dataset",
     "dataset_info",
+    "dataset_splits",
     "eval_pipeline",
     "load_dataset",
     "train_pipeline",

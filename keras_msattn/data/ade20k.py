@@ -12,6 +12,8 @@ Splits: "train" (20,210 images) and "val" (2,000). Annotation value 0 is "other"
 import glob
 import os
 
+from keras_msattn.data.base import DatasetInfo
+from keras_msattn.data.check import check_files, first_bad_pair
 from keras_msattn.data.images import SplitFiles
 
 CLASS_NAMES = (
@@ -82,7 +84,24 @@ def split_files(data_dir, split):
     )
 
 
-def load(data_dir, split, skip_bad=False, shuffle=False, seed=None, download=False):
+def info(data_dir=None, num_classes=None):
+    return DatasetInfo("ade20k", NUM_CLASSES, CLASS_NAMES, splits=SPLITS)
+
+
+def splits(data_dir=None):
+    return SPLITS
+
+
+def check(split, data_dir=None, num_classes=None, progress=True):
+    """Every bad file of `split` (`keras_msattn.data.check.CheckResult`)."""
+    return check_files(
+        lambda: split_files(data_dir, split), f"ade20k/{split}", data_dir, num_classes, progress
+    )
+
+
+def load(
+    split, data_dir=None, skip_bad=False, shuffle=False, seed=None, num_classes=None, download=False
+):
     """tf.data.Dataset of (image uint8 (H, W, 3), label int32 (H, W)); see the module doc.
 
     Args:
@@ -91,6 +110,7 @@ def load(data_dir, split, skip_bad=False, shuffle=False, seed=None, download=Fal
         skip_bad: skip bad files with a counted warning instead of raising.
         shuffle: shuffle the file order each pass (before decoding).
         seed: shuffle seed.
+        num_classes: unused (ADE20K has 150 classes).
         download: fetch ADEChallengeData2016.zip into data_dir first when missing.
     """
     from keras_msattn.data.images import pairs_dataset
@@ -100,4 +120,6 @@ def load(data_dir, split, skip_bad=False, shuffle=False, seed=None, download=Fal
 
         downloads.download_ade20k(data_dir)
     files = split_files(data_dir, split)
-    return pairs_dataset(files, skip_bad=skip_bad, shuffle=shuffle, seed=seed)
+    return pairs_dataset(
+        files, skip_bad=skip_bad, shuffle=shuffle, seed=seed, first_bad_pair=first_bad_pair
+    )

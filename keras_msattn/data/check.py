@@ -63,10 +63,8 @@ def _read_mask(path):
     from PIL import Image
 
     if path.endswith(".mat"):
-        from keras_msattn.data.voc import read_sbd_mat
-
         try:
-            return read_sbd_mat(path).astype(np.int64), None
+            return image_rules.read_sbd_mat(path).astype(np.int64), None
         except Exception as error:
             return None, f"unreadable SBD label ({_error_text(error)})"
     if os.path.getsize(path) == 0:
@@ -135,29 +133,20 @@ def check_pair(image_path, label_path, num_classes, reduce_zero_label=False, lab
     return problems
 
 
-def _progress(iterable, total, description, progress):
+def progress_bar(iterable, total, description, progress):
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=description, unit="file", disable=not progress)
 
 
-def _split_files(name, split, data_dir, num_classes):
-    if name == "voc2012":
-        from keras_msattn.data import voc
+def check_files(list_files, description, data_dir, num_classes=None, progress=True):
+    """Checks every pair `list_files()` names (a `SplitFiles`); a `CheckResult`.
 
-        return voc.split_files(data_dir, split)
-    if name == "ade20k":
-        from keras_msattn.data import ade20k
-
-        return ade20k.split_files(data_dir, split)
-    from keras_msattn.data import folder
-
-    return folder.split_files(data_dir, split, num_classes=num_classes)
-
-
-def _check_files(name, split, data_dir, num_classes, progress):
+    A failure of `list_files` itself (a wrong root, a missing list) is reported as
+    one problem, not raised.
+    """
     try:
-        files = _split_files(name, split, data_dir, num_classes)
+        files = list_files()
     except (FileNotFoundError, ValueError) as error:
         where = getattr(error, "filename", None) or str(data_dir)
         return CheckResult([(where, str(error))], 0)
@@ -173,57 +162,19 @@ def _check_files(name, split, data_dir, num_classes, progress):
     # PIL releases the GIL while decoding, so threads speed this up.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         results = pool.map(one, zip(files.images, labels, strict=True))
-        for found in _progress(results, len(files.images), f"Checking {name}/{split}", progress):
+        for found in progress_bar(results, len(files.images), f"Checking {description}", progress):
             problems.extend(found)
     return CheckResult(problems, len(files.images) + len(files.missing))
 
 
-def _check_tfds(name, split, data_dir, progress):
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
-
-    from keras_msattn.data import tfds_masks
-
-    spec = tfds_masks.spec(name)
-    try:
-        ds = tfds.load(name, split=split, data_dir=data_dir, download=False)
-    except (AssertionError, FileNotFoundError) as error:
-        return CheckResult([(str(data_dir), f"TFDS dataset {name!r} is not prepared: {error}")], 0)
+def check_generated(dataset, description, num_classes, progress=True):
+    """Checks every `(image, label)` of a generated tf.data `dataset`; a `CheckResult`."""
     problems, count = [], 0
-    ds = ds.map(spec.to_pair, num_parallel_calls=tf.data.AUTOTUNE)
-    for file_name, image, raw, labels in _progress(
-        tfds.as_numpy(ds), None, f"Checking tfds:{name}/{split}", progress
-    ):
-        count += 1
-        where = f"tfds:{name}/{split}/{file_name.decode()}"
-        if image.shape[:2] != labels.shape:
-            problems.append(
-                (
-                    where,
-                    f"mask size {labels.shape[1]}x{labels.shape[0]} differs from its image "
-                    f"size {image.shape[1]}x{image.shape[0]}",
-                )
-            )
-        bad = ((labels < 0) | (labels >= len(spec.class_names))) & (labels != IGNORE_LABEL)
-        if bad.any():
-            shown = ", ".join(str(v) for v in np.unique(raw[bad])[:10])
-            problems.append(
-                (where, f"mask values outside the valid range {spec.valid_text}: {shown}")
-            )
-    return CheckResult(problems, count)
-
-
-def _check_generated(name, split, num_classes, progress, **options):
-    from keras_msattn.data.datasets import dataset_info, load_dataset
-
-    num_classes = num_classes or dataset_info(name).num_classes
-    problems, count = [], 0
-    ds = load_dataset(name, split, **options)
     for index, (image, label) in enumerate(
-        _progress(ds.as_numpy_iterator(), None, f"Checking {name}/{split}", progress)
+        progress_bar(dataset.as_numpy_iterator(), None, f"Checking {description}", progress)
     ):
         count += 1
-        where = f"{name}/{split}[{index}]"
+        where = f"{description}[{index}]"
         if image.shape[:2] != label.shape or image.ndim != 3 or image.shape[2] != 3:
             problems.append((where, f"image {image.shape} and label {label.shape} do not match"))
         problem = values_problem(label.astype(np.int64), num_classes, False)
@@ -232,29 +183,17 @@ def _check_generated(name, split, num_classes, progress, **options):
     return CheckResult(problems, count)
 
 
-def check_split(name, split, data_dir=None, num_classes=None, progress=True, **options):
-    """Check every example of one split; returns a `CheckResult`.
+def first_bad_pair(files):
+    """The first (file, problem) of a `SplitFiles`, or None: for `images.find_bad_file`."""
+    labels = files.label_sources or files.labels
 
-    Args:
-        name: dataset name, as for `load_dataset`.
-        split: the split (for "folder": None or "all" = the flat layout).
-        data_dir: the dataset root.
-        num_classes: overrides the dataset's class count for the label-range check
-            (for "folder" without classes.txt it is required).
-        progress: show a progress bar on stderr.
-        **options: loader options, for generated datasets (scale_digits).
-    """
-    if name in ("voc2012", "ade20k", "folder"):
-        return _check_files(name, split, data_dir, num_classes, progress)
-    if name.startswith("tfds:"):
-        return _check_tfds(name[5:], split, data_dir, progress)
-    if name == "scale_digits":
-        return _check_generated(name, split, num_classes, progress, **options)
-    from keras_msattn.data.datasets import _unknown
+    def one(pair):
+        image, label, name = pair
+        return check_pair(image, label, files.num_classes, files.reduce_zero_label, name)
 
-    raise _unknown(name)
-
-
-def check_dataset(name, split, data_dir=None, num_classes=None, progress=True, **options):
-    """Every problem of a split as a list of (file, problem) pairs; [] when all is well."""
-    return check_split(name, split, data_dir, num_classes, progress, **options).problems
+    pairs = zip(files.images, files.labels, labels, strict=True)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for problems in pool.map(one, pairs):
+            if problems:
+                return problems[0]
+    return None

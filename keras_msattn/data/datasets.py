@@ -1,26 +1,33 @@
-"""One entry point for every dataset: `load_dataset` and `dataset_info`.
+"""One entry point for every dataset: `load_dataset`, `dataset_info`, `check_dataset`.
 
-Names: "voc2012", "ade20k", "tfds:NAME", "folder", "scale_digits". Every loader yields
-unbatched `(image uint8 (H, W, 3), label int32 (H, W))` with 255 = ignore; batch and
+Names: "voc2012", "ade20k", "tfds:NAME", "folder", "scale_digits". Each name maps
+to a module with the interface that `keras_msattn.data.base` describes; this is
+the only module that branches on a dataset's name. Every loader yields unbatched
+`(image uint8 (H, W, 3), label int32 (H, W))` with 255 = ignore; batch and
 augment with `keras_msattn.data.augment`.
 """
 
-import dataclasses
+import importlib
 
-from keras_msattn.data.images import IGNORE_LABEL
+from keras_msattn.data.base import DatasetInfo
 
 DATASET_NAMES = ("voc2012", "ade20k", "tfds:NAME", "folder", "scale_digits")
+_MODULES = {
+    "voc2012": "voc",
+    "ade20k": "ade20k",
+    "folder": "folder",
+    "scale_digits": "scale_digits",
+}
+TFDS_PREFIX = "tfds:"
 
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-    """What training and evaluation need to know about a dataset."""
-
-    name: str
-    num_classes: int
-    class_names: tuple
-    ignore_label: int = IGNORE_LABEL
-    splits: tuple = ()
+__all__ = [
+    "DATASET_NAMES",
+    "DatasetInfo",
+    "check_dataset",
+    "dataset_info",
+    "dataset_splits",
+    "load_dataset",
+]
 
 
 def _unknown(name):
@@ -30,7 +37,29 @@ def _unknown(name):
     )
 
 
-def load_dataset(name, split, data_dir=None, skip_bad=False, **options):
+def dataset_module(name):
+    """(module, extra options) for a dataset name; the module has `base`'s interface."""
+    if not isinstance(name, str):
+        raise _unknown(name)
+    if name.startswith(TFDS_PREFIX):
+        from keras_msattn.data import tfds_masks
+
+        return tfds_masks, {"tfds_name": name[len(TFDS_PREFIX) :]}
+    if name not in _MODULES:
+        raise _unknown(name)
+    return importlib.import_module(f"keras_msattn.data.{_MODULES[name]}"), {}
+
+
+def load_dataset(
+    name,
+    split,
+    data_dir=None,
+    skip_bad=False,
+    shuffle=False,
+    seed=None,
+    num_classes=None,
+    **options,
+):
     """Load one split of a dataset as an unbatched tf.data.Dataset.
 
     Args:
@@ -42,10 +71,14 @@ def load_dataset(name, split, data_dir=None, skip_bad=False, **options):
             scale_digits).
         skip_bad: skip missing or corrupt files and bad masks, with a counted warning,
             instead of raising an error that names the file.
-        **options: loader options. voc2012: shuffle, seed, sbd_cache_dir, download.
-            ade20k: shuffle, seed, download. folder: num_classes, shuffle, seed.
-            tfds:NAME: download, shuffle, seed. scale_digits: see
-            `keras_msattn.data.scale_digits.load`.
+        shuffle: a new order of the examples on every pass.
+        seed: the shuffle seed.
+        num_classes: the class count of a folder dataset without classes.txt
+            (ignored by datasets with fixed classes).
+        **options: loader options. voc2012: sbd_cache_dir, download. ade20k:
+            download. tfds:NAME: download. scale_digits:
+            image_seed, image_size, num_images, with_size_map (see
+            `keras_msattn.data.scale_digits.load`).
 
     Returns:
         tf.data.Dataset of (image uint8 (H, W, 3), label int32 (H, W)), 255 = ignore.
@@ -57,55 +90,60 @@ def load_dataset(name, split, data_dir=None, skip_bad=False, **options):
     ds = train_pipeline(ds, crop_size=321, batch_size=10)
     ```
     """
-    if name == "voc2012":
-        from keras_msattn.data import voc
-
-        return voc.load(data_dir, split, skip_bad=skip_bad, **options)
-    if name == "ade20k":
-        from keras_msattn.data import ade20k
-
-        return ade20k.load(data_dir, split, skip_bad=skip_bad, **options)
-    if name == "folder":
-        from keras_msattn.data import folder
-
-        return folder.load(data_dir, split, skip_bad=skip_bad, **options)
-    if name == "scale_digits":
-        from keras_msattn.data import scale_digits
-
-        # Generated in memory: there are no files to skip and no data_dir.
-        return scale_digits.load(split, **options)
-    if name.startswith("tfds:"):
-        from keras_msattn.data import tfds_masks
-
-        return tfds_masks.load(name[5:], split, data_dir=data_dir, skip_bad=skip_bad, **options)
-    raise _unknown(name)
+    module, fixed = dataset_module(name)
+    return module.load(
+        split,
+        data_dir=data_dir,
+        skip_bad=skip_bad,
+        shuffle=shuffle,
+        seed=seed,
+        num_classes=num_classes,
+        **fixed,
+        **options,
+    )
 
 
-def dataset_info(name, data_dir=None, **options):
-    """`DatasetInfo` (num_classes, class_names, ignore_label=255, splits) of a dataset.
+def dataset_info(name, data_dir=None, num_classes=None):
+    """`DatasetInfo` (num_classes, class_names, ignore_label=255, splits, eval_split).
 
-    "folder" reads classes.txt under data_dir, or takes `num_classes=` when there is none.
+    "folder" reads classes.txt under data_dir, or takes `num_classes` when there is
+    none; datasets with fixed classes ignore `num_classes`.
     """
-    if name == "voc2012":
-        from keras_msattn.data import voc
+    module, fixed = dataset_module(name)
+    return module.info(data_dir, num_classes=num_classes, **fixed)
 
-        return DatasetInfo(name, voc.NUM_CLASSES, voc.CLASS_NAMES, splits=voc.SPLITS)
-    if name == "ade20k":
-        from keras_msattn.data import ade20k
 
-        return DatasetInfo(name, ade20k.NUM_CLASSES, ade20k.CLASS_NAMES, splits=ade20k.SPLITS)
-    if name == "folder":
-        from keras_msattn.data import folder
+def dataset_splits(name, data_dir=None):
+    """The split names of a dataset (for "folder": those found under data_dir)."""
+    module, fixed = dataset_module(name)
+    return tuple(module.splits(data_dir, **fixed))
 
-        num_classes, names = folder.resolve_classes(data_dir, options.get("num_classes"))
-        return DatasetInfo(name, num_classes, names, splits=folder.available_splits(data_dir))
-    if name == "scale_digits":
-        from keras_msattn.data import scale_digits
 
-        return scale_digits.info()
-    if name.startswith("tfds:"):
-        from keras_msattn.data import tfds_masks
+def check_dataset_split(name, split, data_dir=None, num_classes=None, progress=True, **options):
+    """Checks every example of one split; returns a `keras_msattn.data.check.CheckResult`.
 
-        spec = tfds_masks.spec(name[5:])
-        return DatasetInfo(name, len(spec.class_names), spec.class_names, splits=spec.splits)
-    raise _unknown(name)
+    Args:
+        name: dataset name, as for `load_dataset`.
+        split: the split (for "folder": None or "all" = the flat layout).
+        data_dir: the dataset root.
+        num_classes: overrides the dataset's class count for the label-range check
+            (for "folder" without classes.txt it is required).
+        progress: show a progress bar on stderr.
+        **options: loader options (for generated datasets, e.g. scale_digits).
+    """
+    module, fixed = dataset_module(name)
+    return module.check(
+        split, data_dir=data_dir, num_classes=num_classes, progress=progress, **fixed, **options
+    )
+
+
+def check_dataset(name, split, data_dir=None, num_classes=None, progress=True, **options):
+    """Every problem of a split as a list of (file, problem) pairs; [] when all is well."""
+    return check_dataset_split(name, split, data_dir, num_classes, progress, **options).problems
+
+
+def extra_scores(name):
+    """A fresh `ExtraScores` for the dataset, or None when it has none."""
+    module, _ = dataset_module(name)
+    make = getattr(module, "extra_scores", None)
+    return make() if make is not None else None

@@ -17,6 +17,8 @@ from `num_classes=` when there is none (both given: they must agree).
 
 import os
 
+from keras_msattn.data.base import DatasetInfo
+from keras_msattn.data.check import check_files, first_bad_pair
 from keras_msattn.data.images import SplitFiles
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -134,7 +136,33 @@ def split_files(data_dir, split=None, num_classes=None):
     )
 
 
-def load(data_dir, split=None, skip_bad=False, shuffle=False, seed=None, num_classes=None):
+def info(data_dir=None, num_classes=None):
+    """Classes from classes.txt, else `num_classes` (then named class_0, class_1, ...)."""
+    if data_dir is not None and read_classes(data_dir) is not None:
+        num_classes = None  # classes.txt decides; callers compare with what they need
+    num_classes, names = resolve_classes(data_dir, num_classes)
+    found = splits(data_dir)
+    eval_split = "val" if "val" in found else "all"
+    return DatasetInfo("folder", num_classes, names, splits=found, eval_split=eval_split)
+
+
+def splits(data_dir=None):
+    """The splits under `data_dir`; "all" (the flat layout) when none is found."""
+    return available_splits(data_dir) or ("all",)
+
+
+def check(split=None, data_dir=None, num_classes=None, progress=True):
+    """Every bad file of `split` (`keras_msattn.data.check.CheckResult`)."""
+    return check_files(
+        lambda: split_files(data_dir, split, num_classes=num_classes),
+        f"folder/{split}",
+        data_dir,
+        num_classes,
+        progress,
+    )
+
+
+def load(split=None, data_dir=None, skip_bad=False, shuffle=False, seed=None, num_classes=None):
     """tf.data.Dataset of (image uint8 (H, W, 3), label int32 (H, W)); see the module doc.
 
     Args:
@@ -148,4 +176,6 @@ def load(data_dir, split=None, skip_bad=False, shuffle=False, seed=None, num_cla
     from keras_msattn.data.images import pairs_dataset
 
     files = split_files(data_dir, split, num_classes=num_classes)
-    return pairs_dataset(files, skip_bad=skip_bad, shuffle=shuffle, seed=seed)
+    return pairs_dataset(
+        files, skip_bad=skip_bad, shuffle=shuffle, seed=seed, first_bad_pair=first_bad_pair
+    )

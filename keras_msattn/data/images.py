@@ -32,6 +32,7 @@ makes a failure at the very end visible too.
 """
 
 import dataclasses
+import functools
 import logging
 import sys
 import zlib
@@ -39,9 +40,9 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from keras_msattn.data.base import IGNORE_LABEL
 from keras_msattn.errors import DataError
 
-IGNORE_LABEL = 255
 # 16.8 megapixels (4096 x 4096): a full-resolution forward pass of a larger image needs
 # many GB of memory.
 MAX_IMAGE_PIXELS = 4096 * 4096
@@ -114,6 +115,21 @@ class SplitFiles:
     missing: list = dataclasses.field(default_factory=list)
     label_sources: list = None
     description: str = ""
+
+
+def read_sbd_mat(path):
+    """The class map (H, W) uint8 of an SBD cls/*.mat file (struct GTcls, field Segmentation)."""
+    from scipy.io import loadmat
+
+    mat = loadmat(path, squeeze_me=True, struct_as_record=False)
+    if "GTcls" not in mat:
+        raise ValueError(f"{path}: no GTcls struct (not an SBD cls .mat file)")
+    segmentation = np.asarray(mat["GTcls"].Segmentation)
+    if segmentation.ndim != 2:
+        raise ValueError(f"{path}: GTcls.Segmentation has shape {segmentation.shape}, not (H, W)")
+    if segmentation.min() < 0 or segmentation.max() > 255:
+        raise ValueError(f"{path}: GTcls.Segmentation values outside 0..255")
+    return segmentation.astype(np.uint8)
 
 
 def valid_values_text(num_classes, reduce_zero_label):
@@ -429,7 +445,7 @@ def find_bad_file():
     """
 
     for watched in reversed(_WATCHED):
-        found = watched() if callable(watched) else _first_bad_pair(watched)
+        found = watched()
         if found is not None:
             path, problem = found
             return DataError(f"{path}: {problem}; {SKIP_HINT}")
@@ -447,30 +463,14 @@ def watch(first_problem):
     del _WATCHED[:-8]  # a long-lived process keeps only its latest splits
 
 
-def _first_bad_pair(files):
-    from concurrent.futures import ThreadPoolExecutor
-
-    from keras_msattn.data.check import check_pair
-
-    labels = files.label_sources or files.labels
-
-    def one(pair):
-        image, label, name = pair
-        return check_pair(image, label, files.num_classes, files.reduce_zero_label, name)
-
-    pairs = zip(files.images, files.labels, labels, strict=True)
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        for problems in pool.map(one, pairs):
-            if problems:
-                return problems[0]
-    return None
-
-
-def pairs_dataset(files, skip_bad=False, shuffle=False, seed=None):
+def pairs_dataset(files, skip_bad=False, shuffle=False, seed=None, first_bad_pair=None):
     """tf.data.Dataset of (image uint8 (H, W, 3), label int32 (H, W)) from a `SplitFiles`.
 
     Args:
         files: the split's `SplitFiles`.
+        first_bad_pair: `first_bad_pair(files)` -> (file, problem) or None, for
+            `find_bad_file` to name the file after a failed read
+            (`keras_msattn.data.check.first_bad_pair`).
         skip_bad: skip bad files (missing, corrupt, wrong size, bad values) with a warning
             and a running count instead of raising.
         shuffle: shuffle the file order (cheap: before decoding), differently each pass.
@@ -504,8 +504,8 @@ def pairs_dataset(files, skip_bad=False, shuffle=False, seed=None):
         )
     if not files.images:
         raise ValueError(f"{description}: no usable images in the split")
-    if not skip_bad:
-        watch(files)
+    if not skip_bad and first_bad_pair is not None:
+        watch(functools.partial(first_bad_pair, files))
 
     n = len(files.images)
     image_paths = tf.constant(files.images)

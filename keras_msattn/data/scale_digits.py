@@ -6,7 +6,7 @@ suits every object. It needs no download: everything comes from files shipped
 inside scikit-learn and scikit-image, and images are generated on the fly.
 
 How an image is made (all randomness from a numpy Generator seeded by
-``(seed, split, index)``, so the same arguments give byte-identical output):
+``(image_seed, split, index)``, so the same arguments give byte-identical output):
 
 1. **Background.** A random square crop of one of the photographs in
    `PHOTOS` (scikit-image's bundled images; grey ones are repeated to RGB),
@@ -64,7 +64,7 @@ Example:
 ```python
 from keras_msattn.data import scale_digits
 
-ds = scale_digits.load("train", seed=0, image_size=192)      # (image, label)
+ds = scale_digits.load("train", image_seed=0, image_size=192)  # (image, label)
 val = scale_digits.load("val", with_size_map=True)           # (image, label, size_map)
 scale_digits.export_to_folder("digits_val", "val", n=200)
 ```
@@ -72,16 +72,16 @@ scale_digits.export_to_folder("digits_val", "val", n=200)
 
 import dataclasses
 import functools
-import os
-import shutil
 import threading
-import uuid
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from keras_msattn.data.datasets import DatasetInfo
+from keras_msattn import files
+from keras_msattn.data.base import DatasetInfo, ExtraScores
+from keras_msattn.data.check import check_generated
+from keras_msattn.inference import mean_iou
 
 NAME = "scale_digits"
 CLASS_NAMES = ("background", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9")
@@ -132,6 +132,8 @@ _LOCK = threading.Lock()
 class ScaleDigitsInfo(DatasetInfo):
     """`DatasetInfo` plus the default image size, image counts and size buckets."""
 
+    eval_split: str = "test"
+
     image_size: int = DEFAULT_IMAGE_SIZE
     num_images: dict = dataclasses.field(
         default_factory=lambda: dict(DEFAULT_NUM_IMAGES), hash=False
@@ -139,9 +141,16 @@ class ScaleDigitsInfo(DatasetInfo):
     size_buckets: tuple = SIZE_BUCKETS
 
 
-def info():
-    """Returns the dataset's `ScaleDigitsInfo` (11 classes, ignore label 255)."""
+def info(data_dir=None, num_classes=None):
+    """Returns the dataset's `ScaleDigitsInfo` (11 classes, ignore label 255).
+
+    The arguments are the dataset interface's; ScaleDigits reads no files.
+    """
     return ScaleDigitsInfo(NAME, NUM_CLASSES, CLASS_NAMES, IGNORE_LABEL, SPLITS)
+
+
+def splits(data_dir=None):
+    return SPLITS
 
 
 # === Sources (loaded once per process) ===
@@ -280,9 +289,13 @@ def _check_split(split):
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
-def _check_args(seed, image_size):
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+def _check_args(image_seed, image_size):
+    if (
+        isinstance(image_seed, bool)
+        or not isinstance(image_seed, (int, np.integer))
+        or image_seed < 0
+    ):
+        raise ValueError(f"image_seed must be a non-negative integer, got {image_seed!r}")
     if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)):
         raise ValueError(f"image_size must be an integer, got {image_size!r}")
     if image_size < 64:
@@ -344,14 +357,15 @@ def _target_color(rng, reference):
     return best
 
 
-def generate(split, index, *, seed=0, image_size=DEFAULT_IMAGE_SIZE):
+def generate(split, index, *, image_seed=0, image_size=DEFAULT_IMAGE_SIZE):
     """One ScaleDigits example, as numpy arrays.
 
     Args:
         split: "train", "val" or "test".
         index: non-negative image index within the split.
-        seed: non-negative integer; the same (seed, split, index, image_size)
-            gives byte-identical output.
+        image_seed: non-negative integer choosing which images the split holds;
+            the same (image_seed, split, index, image_size) gives byte-identical
+            output.
         image_size: side of the square image in px.
 
     Returns:
@@ -362,10 +376,10 @@ def generate(split, index, *, seed=0, image_size=DEFAULT_IMAGE_SIZE):
         ``background_color`` (mean RGB of the image under its box before pasting).
     """
     _check_split(split)
-    _check_args(seed, image_size)
+    _check_args(image_seed, image_size)
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
         raise ValueError(f"index must be a non-negative integer, got {index!r}")
-    rng = np.random.default_rng([_STREAM, int(seed), _SPLIT_IDS[split], int(index)])
+    rng = np.random.default_rng([_STREAM, int(image_seed), _SPLIT_IDS[split], int(index)])
     samples = _split_indices()[split]
     _, targets = _digits()
 
@@ -432,8 +446,13 @@ def generate(split, index, *, seed=0, image_size=DEFAULT_IMAGE_SIZE):
 
 def load(
     split,
-    seed=0,
+    data_dir=None,
+    skip_bad=False,
+    shuffle=False,
+    seed=None,
+    num_classes=None,
     *,
+    image_seed=0,
     image_size=DEFAULT_IMAGE_SIZE,
     num_images=None,
     with_size_map=False,
@@ -442,23 +461,30 @@ def load(
 
     Args:
         split: "train", "val" or "test".
-        seed: non-negative integer; same seed -> byte-identical images and labels.
+        data_dir, skip_bad, num_classes: the dataset interface's; unused (nothing
+            is read from disk, so there are no files to skip).
+        shuffle: a new order of the images on every pass (seeded by `seed`);
+            default: index order.
+        seed: the shuffle seed.
+        image_seed: non-negative integer choosing which images the split holds;
+            the same image_seed gives byte-identical images and labels.
         image_size: side of the square images in px (default 192). Train with a
             crop size no larger than this.
         num_images: images in the split; default `DEFAULT_NUM_IMAGES[split]`
-            (train 100,000, val 200, test 500). Element ``i`` is always image ``i``.
+            (train 100,000, val 200, test 500). Unshuffled, element ``i`` is image ``i``.
         with_size_map: also yield the uint8 size map (0 background, 1 small,
             2 medium, 3 large) for per-bucket evaluation.
 
     Returns:
         A dataset of ``(image uint8 (S, S, 3), label int32 (S, S))``, or of
-        ``(image, label, size_map uint8 (S, S))`` with `with_size_map`, in index
-        order (parallel generation, deterministic order).
+        ``(image, label, size_map uint8 (S, S))`` with `with_size_map`
+        (parallel generation, deterministic order).
     """
     import tensorflow as tf
 
+    del data_dir, skip_bad, num_classes
     _check_split(split)
-    _check_args(seed, image_size)
+    _check_args(image_seed, image_size)
     if num_images is None:
         num_images = DEFAULT_NUM_IMAGES[split]
     if (
@@ -467,10 +493,12 @@ def load(
         or num_images < 1
     ):
         raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
-    seed, image_size = int(seed), int(image_size)
+    image_seed, image_size = int(image_seed), int(image_size)
 
     def make(index):
-        image, label, size_map, _ = generate(split, int(index), seed=seed, image_size=image_size)
+        image, label, size_map, _ = generate(
+            split, int(index), image_seed=image_seed, image_size=image_size
+        )
         return (image, label, size_map) if with_size_map else (image, label)
 
     types = (tf.uint8, tf.int32, tf.uint8) if with_size_map else (tf.uint8, tf.int32)
@@ -482,9 +510,54 @@ def load(
             tensor.set_shape((image_size, image_size))
         return tuple(outputs)
 
-    return tf.data.Dataset.range(int(num_images)).map(
-        to_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-    )
+    indices = tf.data.Dataset.range(int(num_images))
+    if shuffle:
+        # The indices only (8 bytes each): a full permutation, new on every pass.
+        indices = indices.shuffle(int(num_images), seed=seed, reshuffle_each_iteration=True)
+    return indices.map(to_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def check(split, data_dir=None, num_classes=None, progress=True, **options):
+    """Checks every generated example of `split` (`keras_msattn.data.check.CheckResult`)."""
+    dataset = load(split, **options)
+    return check_generated(dataset, f"{NAME}/{split}", num_classes or NUM_CLASSES, progress)
+
+
+class SizeBucketScores(ExtraScores):
+    """mIoU over the small, medium and large digits (`miou_small`, ...)."""
+
+    load_options = {"with_size_map": True}
+
+    def __init__(self, num_classes=NUM_CLASSES, ignore_label=IGNORE_LABEL):
+        self.num_classes = num_classes
+        self.ignore_label = ignore_label
+        self.confusion = np.zeros((len(SIZE_BUCKETS), num_classes, num_classes), np.int64)
+
+    def update(self, label, prediction, extras):
+        if not extras:
+            raise ValueError(
+                "ScaleDigits' size buckets need (image, label, size_map) examples, e.g. "
+                "scale_digits.load(split, with_size_map=True)."
+            )
+        self.confusion += size_bucket_confusion(
+            label,
+            prediction,
+            extras[0],
+            num_classes=self.num_classes,
+            image_size=label.shape[0],
+            ignore_label=self.ignore_label,
+        )
+
+    def result(self):
+        scores = {}
+        for b, name in enumerate(SIZE_BUCKETS):
+            miou = mean_iou(self.confusion[b], empty=float("nan"))
+            scores[f"miou_{name}"] = None if np.isnan(miou) else miou
+        return scores
+
+
+def extra_scores():
+    return SizeBucketScores()
 
 
 # === Folder export ===
@@ -494,7 +567,9 @@ def _write_png(array, path):
     Image.fromarray(array).save(path, format="PNG")
 
 
-def export_to_folder(out_dir, split, n, seed=0, image_size=DEFAULT_IMAGE_SIZE, overwrite=False):
+def export_to_folder(
+    out_dir, split, n, image_seed=0, image_size=DEFAULT_IMAGE_SIZE, overwrite=False
+):
     """Writes `n` images of `split` as a folder dataset, atomically.
 
     Layout (the flat layout of `keras_msattn.data.folder`, read with split
@@ -508,33 +583,24 @@ def export_to_folder(out_dir, split, n, seed=0, image_size=DEFAULT_IMAGE_SIZE, o
         The `out_dir` Path.
     """
     _check_split(split)
-    _check_args(seed, image_size)
+    _check_args(image_seed, image_size)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ValueError(f"out_dir {str(out_dir)!r} already exists and is not empty")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        (tmp / "images").mkdir(parents=True)
+    with files.staged_directory(out_dir) as tmp:
+        tmp = Path(tmp)
+        (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
         (tmp / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
         for i in range(int(n)):
-            image, label, _, _ = generate(split, i, seed=seed, image_size=image_size)
+            image, label, _, _ = generate(split, i, image_seed=image_seed, image_size=image_size)
             stem = f"{split}_{i:06d}"
             _write_png(image, tmp / "images" / f"{stem}.png")
             _write_png(label.astype(np.uint8), tmp / "masks" / f"{stem}.png")
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        files.commit(str(tmp), str(out_dir))
     return out_dir
 
 
@@ -587,22 +653,11 @@ def size_bucket_confusion(
     return confusion
 
 
-def miou_from_confusion(confusion):
-    """Mean IoU over the classes whose union is nonempty (nan if none)."""
-    confusion = np.asarray(confusion, np.float64)
-    true_positive = np.diag(confusion)
-    union = confusion.sum(axis=0) + confusion.sum(axis=1) - true_positive
-    present = union > 0
-    if not present.any():
-        return float("nan")
-    return float(np.mean(true_positive[present] / union[present]))
-
-
 def size_bucket_miou(labels, predictions, size_maps, **kwargs):
     """``{"small": mIoU, "medium": mIoU, "large": mIoU}``; kwargs as `size_bucket_confusion`.
 
     To evaluate a whole split, sum `size_bucket_confusion` over batches and apply
-    `miou_from_confusion` to each bucket instead.
+    `keras_msattn.inference.mean_iou` to each bucket instead.
     """
     confusion = size_bucket_confusion(labels, predictions, size_maps, **kwargs)
-    return {name: miou_from_confusion(confusion[b]) for b, name in enumerate(SIZE_BUCKETS)}
+    return {name: mean_iou(confusion[b], empty=float("nan")) for b, name in enumerate(SIZE_BUCKETS)}

@@ -11,9 +11,12 @@ Nothing is downloaded unless `download=True`: a dataset that is not prepared und
 
 import dataclasses
 
+import numpy as np
 import tensorflow as tf
 
-from keras_msattn.data.images import IGNORE_LABEL, validated, watch
+from keras_msattn.data.base import IGNORE_LABEL, DatasetInfo
+from keras_msattn.data.check import CheckResult, progress_bar
+from keras_msattn.data.images import validated, watch
 
 _INVALID = 256  # outside [0, C) and not 255: reported by the mask check
 
@@ -55,18 +58,79 @@ def spec(name):
     return SPECS[name]
 
 
-def load(name, split, data_dir=None, skip_bad=False, download=False, shuffle=False, seed=None):
+def info(data_dir=None, num_classes=None, *, tfds_name):
+    dataset_spec = spec(tfds_name)
+    return DatasetInfo(
+        f"tfds:{tfds_name}",
+        len(dataset_spec.class_names),
+        dataset_spec.class_names,
+        splits=dataset_spec.splits,
+        eval_split=dataset_spec.splits[-1],
+    )
+
+
+def splits(data_dir=None, *, tfds_name):
+    return spec(tfds_name).splits
+
+
+def check(split, data_dir=None, num_classes=None, progress=True, *, tfds_name):
+    """Every bad example of `split` (`keras_msattn.data.check.CheckResult`)."""
+    import tensorflow_datasets as tfds
+
+    name = tfds_name
+    dataset_spec = spec(name)
+    num_classes = num_classes or len(dataset_spec.class_names)
+    try:
+        ds = tfds.load(name, split=split, data_dir=data_dir, download=False)
+    except (AssertionError, FileNotFoundError) as error:
+        return CheckResult([(str(data_dir), f"TFDS dataset {name!r} is not prepared: {error}")], 0)
+    problems, count = [], 0
+    ds = ds.map(dataset_spec.to_pair, num_parallel_calls=tf.data.AUTOTUNE)
+    for file_name, image, raw, labels in progress_bar(
+        tfds.as_numpy(ds), None, f"Checking tfds:{name}/{split}", progress
+    ):
+        count += 1
+        where = f"tfds:{name}/{split}/{file_name.decode()}"
+        if image.shape[:2] != labels.shape:
+            problems.append(
+                (
+                    where,
+                    f"mask size {labels.shape[1]}x{labels.shape[0]} differs from its image "
+                    f"size {image.shape[1]}x{image.shape[0]}",
+                )
+            )
+        bad = ((labels < 0) | (labels >= num_classes)) & (labels != IGNORE_LABEL)
+        if bad.any():
+            shown = ", ".join(str(v) for v in np.unique(raw[bad])[:10])
+            problems.append(
+                (where, f"mask values outside the valid range {dataset_spec.valid_text}: {shown}")
+            )
+    return CheckResult(problems, count)
+
+
+def load(
+    split,
+    data_dir=None,
+    skip_bad=False,
+    shuffle=False,
+    seed=None,
+    num_classes=None,
+    download=False,
+    *,
+    tfds_name,
+):
     """tf.data.Dataset of (image uint8 (H, W, 3), label int32 (H, W)) for `tfds:NAME`.
 
     Args:
-        name: the TFDS name without the "tfds:" prefix.
         split: a TFDS split ("train", "test", "train[:90%]", ...).
         data_dir: TFDS data folder (default: TFDS's, ~/tensorflow_datasets).
         skip_bad: skip bad examples with a counted warning instead of raising.
         download: let TFDS download and prepare the dataset when it is missing.
         shuffle: shuffle the TFDS files each pass.
         seed: file shuffle seed.
+        tfds_name: the TFDS name without the "tfds:" prefix.
     """
+    name = tfds_name
     import tensorflow_datasets as tfds
 
     dataset_spec = spec(name)
@@ -88,10 +152,9 @@ def load(name, split, data_dir=None, skip_bad=False, download=False, shuffle=Fal
         ) from error
     ds = ds.map(dataset_spec.to_pair, num_parallel_calls=tf.data.AUTOTUNE)
     if not skip_bad:
-        from keras_msattn.data.check import check_split
 
         def first_problem():
-            problems = check_split(f"tfds:{name}", split, data_dir, progress=False).problems
+            problems = check(split, data_dir, progress=False, tfds_name=name).problems
             return problems[0] if problems else None
 
         watch(first_problem)

@@ -21,9 +21,9 @@ import os
 import shutil
 import tempfile
 
-import numpy as np
-
-from keras_msattn.data.images import LOG, SplitFiles
+from keras_msattn.data.base import DatasetInfo
+from keras_msattn.data.check import check_files, first_bad_pair
+from keras_msattn.data.images import LOG, SplitFiles, read_sbd_mat
 
 CLASS_NAMES = (
     "background",
@@ -147,21 +147,6 @@ def split_files(data_dir, split):
     )
 
 
-def read_sbd_mat(path):
-    """The class map (H, W) uint8 of an SBD cls/*.mat file (struct GTcls, field Segmentation)."""
-    from scipy.io import loadmat
-
-    mat = loadmat(path, squeeze_me=True, struct_as_record=False)
-    if "GTcls" not in mat:
-        raise ValueError(f"{path}: no GTcls struct (not an SBD cls .mat file)")
-    segmentation = np.asarray(mat["GTcls"].Segmentation)
-    if segmentation.ndim != 2:
-        raise ValueError(f"{path}: GTcls.Segmentation has shape {segmentation.shape}, not (H, W)")
-    if segmentation.min() < 0 or segmentation.max() > 255:
-        raise ValueError(f"{path}: GTcls.Segmentation values outside 0..255")
-    return segmentation.astype(np.uint8)
-
-
 def build_sbd_cache(sbd_dir, cache_dir):
     """Convert every SBD cls/*.mat into an 8-bit PNG under cache_dir, atomically.
 
@@ -222,8 +207,30 @@ def default_cache_dir(data_dir):
     return os.path.join(sbd_root(data_dir), "cls_png")
 
 
+def info(data_dir=None, num_classes=None):
+    return DatasetInfo("voc2012", NUM_CLASSES, CLASS_NAMES, splits=SPLITS)
+
+
+def splits(data_dir=None):
+    return SPLITS
+
+
+def check(split, data_dir=None, num_classes=None, progress=True):
+    """Every bad file of `split` (`keras_msattn.data.check.CheckResult`)."""
+    return check_files(
+        lambda: split_files(data_dir, split), f"voc2012/{split}", data_dir, num_classes, progress
+    )
+
+
 def load(
-    data_dir, split, skip_bad=False, shuffle=False, seed=None, sbd_cache_dir=None, download=False
+    split,
+    data_dir=None,
+    skip_bad=False,
+    shuffle=False,
+    seed=None,
+    num_classes=None,
+    sbd_cache_dir=None,
+    download=False,
 ):
     """tf.data.Dataset of (image uint8 (H, W, 3), label int32 (H, W)); see the module doc.
 
@@ -235,6 +242,7 @@ def load(
         seed: shuffle seed.
         sbd_cache_dir: where the PNG cache of SBD's .mat labels goes (default:
             benchmark_RELEASE/dataset/cls_png).
+        num_classes: unused (VOC has 21 classes).
         download: fetch missing archives (VOC, SBD) into data_dir first.
     """
     from keras_msattn.data.images import pairs_dataset
@@ -264,4 +272,6 @@ def load(
             labels.append(png)
             sources.append(label)
         files.images, files.labels, files.label_sources = images, labels, sources
-    return pairs_dataset(files, skip_bad=skip_bad, shuffle=shuffle, seed=seed)
+    return pairs_dataset(
+        files, skip_bad=skip_bad, shuffle=shuffle, seed=seed, first_bad_pair=first_bad_pair
+    )

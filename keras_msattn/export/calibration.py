@@ -139,9 +139,10 @@ def _check_image(image):
 
 def dataset_splits(name, data_dir=None, **options):
     """(training split, validation split or None) of a `load_dataset` name."""
-    from keras_msattn.data.datasets import dataset_info
+    from keras_msattn.data.datasets import dataset_splits
 
-    splits = tuple(dataset_info(name, data_dir=data_dir, **options).splits)
+    del options  # the split names do not depend on the loader options
+    splits = dataset_splits(name, data_dir)
     train = next((s for s in ("train_aug", "train") if s in splits), None)
     validation = next((s for s in ("val", "validation", "test") if s in splits), None)
     return train, validation
@@ -150,10 +151,8 @@ def dataset_splits(name, data_dir=None, **options):
 def load_split(name, split, data_dir=None, shuffle=False, **options):
     """Unbatched (image, label) pairs of one split (see `keras_msattn.data.load_dataset`).
 
-    `shuffle` shuffles the file order (seed 0) where the loader can.
+    `shuffle` shuffles the example order (seed 0).
     """
     from keras_msattn.data.datasets import load_dataset
 
-    if shuffle and name != "scale_digits":  # generated in a fixed order
-        options = {**options, "shuffle": True, "seed": 0}
-    return load_dataset(name, split, data_dir=data_dir, **options)
+    return load_dataset(name, split, data_dir=data_dir, shuffle=shuffle, seed=0, **options)

@@ -147,10 +147,10 @@ def run_export(args):
     _check_arguments(args)
 
     import keras_msattn  # noqa: F401  (registers the model classes for loading)
-    from keras_msattn.evaluation import load_segmenter
     from keras_msattn.export import calibration
     from keras_msattn.export.saved_model import export_saved_model
-    from keras_msattn.export.tflite import export_tflite, model_input_size
+    from keras_msattn.export.tflite import export_tflite
+    from keras_msattn.inference import load_segmenter, model_input_size, model_num_classes
 
     model = load_segmenter(args.model, compile=False)
     # LiteRT needs one size: the model's own, else the recorded training crop. A
@@ -164,14 +164,11 @@ def run_export(args):
     calibration_images = validation = qat_dataset = None
     if args.calibration:
         from keras_msattn.data.datasets import dataset_info
-        from keras_msattn.export.tflite import final_output
 
         name, data_dir = args.calibration, args.data_dir
         # A folder dataset without classes.txt takes its class count from the model.
-        options = {}
-        if name == "folder":
-            options["num_classes"] = int(final_output(model.output).shape[-1])
-        ignore_label = dataset_info(name, data_dir=data_dir, **options).ignore_label
+        options = {"num_classes": model_num_classes(model)}
+        ignore_label = dataset_info(name, data_dir, **options).ignore_label
         train_split, validation_split = calibration.dataset_splits(name, data_dir, **options)
         calibration_images = calibration.load_split(
             name, train_split, data_dir, shuffle=True, **options

@@ -24,6 +24,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_msattn.keras_internals import (
+    flatten_layers,
+    has_functional_graph,
+    inbound_nodes,
+    producing_layer,
+)
+
 # ReLU variants TFLite fuses into the preceding conv / add / mul: no fake quant
 # on their input, only on their output.
 _FUSED_ACTIVATIONS = ("relu", "relu6")
@@ -239,10 +246,6 @@ def _fake_quant_per_output_channel(kernel, depthwise):
     return tf.reshape(quantized, shape) if depthwise else quantized
 
 
-def _producer(tensor):
-    return tensor._keras_history[0]
-
-
 def _graph_facts(model):
     """Consumers of every layer and the layers whose output leaves a model.
 
@@ -252,12 +255,12 @@ def _graph_facts(model):
 
     def visit(functional):
         for tensor in keras.tree.flatten(functional.outputs):
-            model_outputs.add(id(_producer(tensor)))
+            model_outputs.add(id(producing_layer(tensor)))
         for layer in functional.layers:
-            for node in layer._inbound_nodes:
+            for node in inbound_nodes(layer):
                 for tensor in node.input_tensors:
-                    consumers.setdefault(id(_producer(tensor)), []).append(layer)
-            if isinstance(layer, keras.Model) and hasattr(layer, "_nodes_by_depth"):
+                    consumers.setdefault(id(producing_layer(tensor)), []).append(layer)
+            if has_functional_graph(layer):
                 visit(layer)
 
     visit(model)
@@ -301,7 +304,7 @@ def quantize_model(model, output_name=None, ema_decay=0.99):
     Returns:
         A functional `keras.Model` with the same input and one output.
     """
-    if not hasattr(model, "_nodes_by_depth"):
+    if not has_functional_graph(model):
         raise ValueError(
             f"QAT needs a functional Keras model; got {type(model).__name__} "
             "(a subclassed model without a functional graph)."
@@ -320,8 +323,8 @@ def quantize_model(model, output_name=None, ema_decay=0.99):
             and users[0].axis in (-1, 3)
             and id(layer) not in model_outputs
             and all(
-                _producer(t) is layer
-                for node in users[0]._inbound_nodes
+                producing_layer(t) is layer
+                for node in inbound_nodes(users[0])
                 for t in node.input_tensors
             )
         ):
@@ -418,7 +421,7 @@ def _quantize_input(tensor, inputs, cache):
 def _all_layers(model):
     for layer in model.layers:
         yield layer
-        if isinstance(layer, keras.Model) and hasattr(layer, "_nodes_by_depth"):
+        if has_functional_graph(layer):
             yield from _all_layers(layer)
 
 
@@ -471,7 +474,7 @@ def fine_tune(qat_model, dataset, steps, learning_rate=1e-5, ignore_label=255, v
 def _freeze_batch_norms(model):
     # trainable=False makes a Keras 3 BatchNormalization use its moving
     # statistics even in training, like the folded ones.
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in flatten_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
 

@@ -16,6 +16,10 @@ import time
 
 import numpy as np
 
+from keras_msattn import inference
+from keras_msattn.inference import batch_logits, confusion_matrix
+from keras_msattn.keras_internals import interpreter_operators
+
 # Operators that only move data between float and int8: not "float compute".
 _CONVERSION_OPS = {"QUANTIZE", "DEQUANTIZE"}
 
@@ -48,7 +52,7 @@ def operators(path_or_bytes):
     interpreter = _interpreter(path_or_bytes, delegates=False)
     return [
         (details["op_name"], [np.dtype(t).name for t in details["operand_types"]])
-        for details in interpreter._get_ops_details()
+        for details in interpreter_operators(interpreter)
     ]
 
 
@@ -153,17 +157,6 @@ class LiteRTModel:
 # --- comparison -----------------------------------------------------------------
 
 
-def keras_logits(model, images, batch_size=4):
-    """The model's final logits (float32 numpy) on float 0..255 images."""
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        result = model(images[start : start + batch_size], training=False)
-        if isinstance(result, dict):
-            result = result["final"]
-        outputs.append(np.asarray(result, dtype=np.float32))
-    return np.concatenate(outputs)
-
-
 def compare(artifact_outputs, keras_outputs):
     """Argmax agreement and (for logits) absolute differences."""
     keras_labels = keras_outputs.argmax(-1)
@@ -181,19 +174,8 @@ def compare(artifact_outputs, keras_outputs):
     }
 
 
-def confusion_matrix(labels, predictions, num_classes, ignore_label=255):
-    labels = np.asarray(labels).reshape(-1).astype(np.int64)
-    predictions = np.asarray(predictions).reshape(-1).astype(np.int64)
-    valid = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
-    index = labels[valid] * num_classes + predictions[valid]
-    return np.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
 def mean_iou(labels, predictions, num_classes, ignore_label=255):
-    from keras_msattn.metrics import segmentation_scores
-
-    matrix = confusion_matrix(labels, predictions, num_classes, ignore_label)
-    return segmentation_scores(matrix)["miou"]
+    return inference.mean_iou(confusion_matrix(labels, predictions, num_classes, ignore_label))
 
 
 def _as_labels(outputs):
@@ -251,7 +233,7 @@ def verify_tflite(
     outputs = runner.predict(images)
     report["samples"] = {"count": int(len(images)), "source": sample_source}
     if model is not None:
-        reference = keras_logits(model, images)
+        reference = batch_logits(model, images)
         report["agreement"] = compare(outputs, reference)
         if validation is not None:
             num_classes = reference.shape[-1]
@@ -325,7 +307,7 @@ def verify_saved_model(
     report["samples"] = {"count": int(len(images)), "source": sample_source}
     report["labels_equal_argmax_logits"] = bool((labels == logits.argmax(-1)).all())
     if model is not None:
-        reference = keras_logits(model, batch.numpy().astype(np.float32))
+        reference = batch_logits(model, batch.numpy().astype(np.float32))
         report["agreement"] = compare(logits, reference)
         if validation is not None:
             num_classes = reference.shape[-1]
@@ -378,7 +360,7 @@ def to_markdown(report, title):
 
 
 def write_report(report, json_path, markdown_path, title):
-    from keras_msattn.export import atomic
+    from keras_msattn import files
 
-    atomic.write_json(json_path, report)
-    atomic.write_text(markdown_path, to_markdown(report, title))
+    files.write_json(json_path, report)
+    files.write_text(markdown_path, to_markdown(report, title))

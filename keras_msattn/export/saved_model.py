@@ -20,8 +20,9 @@ import re
 import keras
 import tensorflow as tf
 
-from keras_msattn.export import atomic, calibration, report
-from keras_msattn.export.tflite import check_input_size, final_output, model_input_size
+from keras_msattn import files
+from keras_msattn.export import calibration, report
+from keras_msattn.inference import check_input_size, final_output, model_input_size
 
 REPORT_FOLDER = "assets.extra"
 
@@ -125,7 +126,7 @@ def export_saved_model(
 
     serve, logits = serving_functions(model, size)
     spec = tf.TensorSpec((None, *(size or (None, None)), 3), tf.uint8, name="images")
-    with atomic.staged_directory(final_dir) as staged:
+    with files.staged_directory(final_dir) as staged:
         # Untracked: the archive keeps only the variables the endpoints use, not
         # the Keras object graph (faster to write, nothing Keras-specific to load).
         archive = keras.export.ExportArchive()
@@ -156,5 +157,5 @@ def export_saved_model(
             os.path.join(report_dir, "export_report.md"),
             f"SavedModel export: {name}/{version}",
         )
-        atomic.commit(staged, final_dir)
+        files.commit(staged, final_dir)
     return result

@@ -33,7 +33,15 @@ import flatbuffers
 import numpy as np
 import tensorflow as tf
 
-from keras_msattn.export import atomic, calibration, report
+from keras_msattn import files
+from keras_msattn.export import calibration, report
+from keras_msattn.inference import (
+    batch_logits,
+    check_input_size,
+    final_output,
+    model_input_size,
+)
+from keras_msattn.keras_internals import disable_per_channel_quantization
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8", "int8_full", "qat")
 OUTPUTS = ("logits", "labels")
@@ -58,28 +66,6 @@ class UnsupportedOpsError(ValueError):
 # --- input size -----------------------------------------------------------------
 
 
-def model_input_size(model):
-    """The (H, W) the model was built for, or None if it takes any size."""
-    shape = model.inputs[0].shape
-    if shape[1] is None or shape[2] is None:
-        return None
-    return int(shape[1]), int(shape[2])
-
-
-def check_input_size(model, height, width):
-    """Raises ValueError if the model cannot take (height, width) images."""
-    if hasattr(model, "check_input_size"):
-        model.check_input_size(height, width)
-        return
-    fixed = model.inputs[0].shape[1:3]
-    for side, built in zip((height, width), fixed, strict=True):
-        if built is not None and side != built:
-            raise ValueError(
-                f"`input_size`: the model was built for {fixed[0]}x{fixed[1]} inputs; "
-                f"got {height}x{width}."
-            )
-
-
 def resolve_input_size(model, input_size=None):
     """The export (H, W): `input_size`, else the model's fixed input size."""
     if input_size is None:
@@ -100,17 +86,6 @@ def resolve_input_size(model, input_size=None):
 
 
 # --- the graph that gets converted ----------------------------------------------
-
-
-def final_output(outputs):
-    """The logits of a model output; a deep-supervision dict gives its "final" entry."""
-    if isinstance(outputs, dict):
-        if "final" not in outputs:
-            raise ValueError(
-                f"The model returns a dict with keys {sorted(outputs)} and no 'final' logits."
-            )
-        return outputs["final"]
-    return outputs
 
 
 def inference_function(model, output="logits"):
@@ -187,8 +162,7 @@ def convert(
 
         converter.representative_dataset = representative_dataset
     if not per_channel:
-        # The converter's only switch for this; there is no public equivalent.
-        converter._experimental_disable_per_channel = True
+        disable_per_channel_quantization(converter)
     if quantization == "int8_full":
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
@@ -396,11 +370,11 @@ def export_tflite(
         samples = (validation[0] if validation is not None else representative)[:8]
         details["qat"]["agreement_with_qat_graph"] = report.compare(
             report.LiteRTModel(flatbuffer).predict(samples),
-            report.keras_logits(converted_model, samples),
+            batch_logits(converted_model, samples),
         )
 
     json_path, markdown_path = report.report_paths(out_path)
-    with atomic.staged_file(out_path) as staged:
+    with files.staged_file(out_path) as staged:
         with open(staged, "wb") as handle:
             handle.write(flatbuffer)
         result = report.verify_tflite(
@@ -417,5 +391,5 @@ def export_tflite(
         report.write_report(
             result, json_path, markdown_path, f"LiteRT export: {os.path.basename(out_path)}"
         )
-        atomic.commit(staged, out_path)
+        files.commit(staged, out_path)
     return result

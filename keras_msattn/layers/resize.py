@@ -9,10 +9,7 @@ Both read sizes from the tensors at run time, so one model takes any image size.
 import keras
 from keras import ops
 
-# `keras.ops.image.resize` checks `size > 0` in Python, which a graph with unknown
-# height/width (tf.function, SavedModel signatures) cannot evaluate; the backend
-# function behind it takes tensor sizes. Used only when the size is dynamic.
-from keras.src.backend import image as backend_image
+from keras_msattn.keras_internals import resize_with_tensor_size
 
 INTERPOLATIONS = ("bilinear", "nearest")
 
@@ -51,9 +48,8 @@ class ResizeByScale(keras.layers.Layer):
         else:
             shape = ops.cast(ops.shape(images)[1:3], "float32")
             size = ops.cast(ops.maximum(ops.round(shape * self.scale), 1.0), "int32")
-            return backend_image.resize(
-                images, (size[0], size[1]), interpolation=self.interpolation
-            )
+            # Only when the size is dynamic: see `resize_with_tensor_size`.
+            return resize_with_tensor_size(images, (size[0], size[1]), self.interpolation)
         return ops.image.resize(images, size, interpolation=self.interpolation)
 
     def compute_output_shape(self, input_shape):
@@ -88,9 +84,7 @@ class ResizeToReference(keras.layers.Layer):
             size = (static_h, static_w)
         else:
             shape = ops.shape(reference)
-            return backend_image.resize(
-                images, (shape[1], shape[2]), interpolation=self.interpolation
-            )
+            return resize_with_tensor_size(images, (shape[1], shape[2]), self.interpolation)
         return ops.image.resize(images, size, interpolation=self.interpolation)
 
     def compute_output_shape(self, input_shape):

@@ -3,15 +3,17 @@
 import keras
 from keras import ops
 
-FUSIONS = ("attention", "average", "max")
+FUSIONS = ("weighted_sum", "average", "max")
 RECALIBRATIONS = ("multiply", "add")
+# The name "weighted_sum" had before; models saved with it still load.
+_FORMER_NAMES = {"attention": "weighted_sum"}
 
 
 @keras.saving.register_keras_serializable(package="keras_msattn")
 class ScaleFusion(keras.layers.Layer):
     """Merges per-scale logits that lie on one grid.
 
-    - `"attention"`: `final = sum_s l^s * (P^s (*) wr)` where `l` are per-pixel scale
+    - `"weighted_sum"`: `final = sum_s l^s * (P^s (*) wr)` where `l` are per-pixel scale
       weights (softmax over scales, shared by all classes) and `wr` the per-pixel,
       per-class recalibration, shared by all scales (Yang & Peng 2018, eq. 3-4).
       With `recalibration="add"`, `P^s + wr` replaces `P^s * wr`; with
@@ -23,24 +25,25 @@ class ScaleFusion(keras.layers.Layer):
 
     Call arguments:
         scale_logits: list of `S` tensors `(B, h, w, C)`.
-        scale_weights: `(B, h, w, S)`, only for `"attention"`.
+        scale_weights: `(B, h, w, S)`, only for `"weighted_sum"`.
         recalibration: `(B, h, w, C)`, only when `recalibration` is set.
 
     Args:
-        fusion: one of `"attention"`, `"average"`, `"max"`.
-        recalibration: `"multiply"`, `"add"` or `None` (attention only).
+        fusion: one of `"weighted_sum"` (both attention models), `"average"`, `"max"`.
+        recalibration: `"multiply"`, `"add"` or `None` (weighted sum only).
     """
 
-    def __init__(self, fusion="attention", recalibration=None, **kwargs):
+    def __init__(self, fusion="weighted_sum", recalibration=None, **kwargs):
         super().__init__(**kwargs)
+        fusion = _FORMER_NAMES.get(fusion, fusion)
         if fusion not in FUSIONS:
             raise ValueError(f"`fusion` must be one of {FUSIONS}, got {fusion!r}.")
         if recalibration is not None and recalibration not in RECALIBRATIONS:
             raise ValueError(
                 f"`recalibration` must be one of {RECALIBRATIONS} or None, got {recalibration!r}."
             )
-        if recalibration is not None and fusion != "attention":
-            raise ValueError("`recalibration` only applies to fusion='attention'.")
+        if recalibration is not None and fusion != "weighted_sum":
+            raise ValueError("`recalibration` only applies to fusion='weighted_sum'.")
         self.fusion = fusion
         self.recalibration = recalibration
 
@@ -56,7 +59,7 @@ class ScaleFusion(keras.layers.Layer):
                 merged = ops.maximum(merged, logits)
             return merged
         if scale_weights is None:
-            raise ValueError("fusion='attention' needs `scale_weights`.")
+            raise ValueError("fusion='weighted_sum' needs `scale_weights`.")
         if (recalibration is None) != (self.recalibration is None):
             raise ValueError(
                 f"This layer was built with recalibration={self.recalibration!r}; pass "

@@ -1,0 +1,258 @@
+"""What one training run depends on: `TrainConfig`, recipes and `--set` overrides.
+
+A recipe (`recipes/*.py`) is a plain Python file defining `CONFIG = TrainConfig(...)`
+and optionally `VARIANTS = {name: overrides}` and `DEFAULT_VARIANT`. The model is
+one section of the config, `model`: the keyword arguments of
+`MultiScaleSegmenter`, so the model's arguments are written down in one place
+(the segmenter's signature). Arguments a recipe leaves out take the
+segmenter's defaults; `num_classes` left out comes from the dataset.
+
+Overrides, from a variant or from `msattn train --set`, replace top-level
+fields; `model` overrides are merged into the recipe's model section:
+
+    --set steps=100 batch_size=4 model.fusion=average model.scales=(1.0,)
+"""
+
+import ast
+import dataclasses
+import importlib.util
+import inspect
+import json
+import os
+
+from keras_msattn.data import dataset_info
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+# Set by training itself, never by a config.
+TRAINING_OWNED_MODEL_ARGUMENTS = ("deep_supervision", "input_shape")
+
+
+def _paper_model():
+    # The paper's VOC model; the remaining arguments take the segmenter's defaults.
+    return {"backbone": "vgg16_largefov", "backbone_weights": "imagenet"}
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything one training run depends on. Defaults: the paper's VOC setting."""
+
+    # --- Data ---
+    dataset: str = "voc2012"  # a `load_dataset` name
+    data_dir: str | None = None
+    train_split: str = "train_aug"
+    val_split: str = "val"
+    dataset_options: dict = dataclasses.field(default_factory=dict)  # to load_dataset
+    skip_bad: bool = False  # skip unreadable files with a warning instead of failing
+    crop_size: int = 321
+    scale_range: tuple = (0.5, 2.0)  # random scaling before the crop (DeepLab)
+    flip: bool = True  # random horizontal flips
+    val_images: int | None = None  # validate on the first N images; None: all, 0: none
+    # Validation images larger than this are shrunk to fit, then all are padded
+    # to val_size x val_size: one fixed shape (one trace; PSP needs static shapes).
+    val_size: int | None = 512
+
+    # --- Model: `MultiScaleSegmenter` keyword arguments ---
+    model: dict = dataclasses.field(default_factory=_paper_model)
+
+    # --- Optimization ---
+    batch_size: int = 10  # global, over all replicas
+    steps: int = 20000  # optimizer steps in total
+    steps_per_epoch: int = 1000  # checkpoint + validation interval
+    optimizer: str = "sgd"  # "sgd", "adam" or "adamw"
+    learning_rate: float = 1e-3  # the backbone's; poly-decayed to 0 over `steps`
+    decoder_lr_multiplier: float = 10.0
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    loss_weights: dict | None = None  # {output name: weight}; None: 1 for each
+    sync_batchnorm: bool = True  # batch statistics over the global batch, not per replica
+    mixed_precision: bool = False  # mixed_float16 on GPU, mixed_bfloat16 elsewhere
+    # XLA stays off: the confusion-matrix metrics count with a data-sized bincount,
+    # which XLA cannot compile (Keras's "auto" would pick XLA on one GPU and fail).
+    jit_compile: str | bool = False
+    seed: int = 0
+
+    @property
+    def scales(self):
+        """The model's input scales (after `resolve_config`, always set)."""
+        return tuple(self.model.get("scales", model_defaults()["scales"]))
+
+    @property
+    def num_classes(self):
+        return self.model.get("num_classes")
+
+
+def config_keys():
+    return [field.name for field in dataclasses.fields(TrainConfig)]
+
+
+def model_defaults():
+    """`MultiScaleSegmenter`'s keyword arguments and their defaults (the one list)."""
+    from keras_msattn.segmenter import MultiScaleSegmenter
+
+    parameters = inspect.signature(MultiScaleSegmenter.__init__).parameters
+    return {
+        name: parameter.default
+        for name, parameter in parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+        and name not in TRAINING_OWNED_MODEL_ARGUMENTS
+    }
+
+
+def _is_int(value, minimum):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def check_config(config):
+    """Raises ValueError naming the first field with an unusable value."""
+    for name, minimum in (("steps", 1), ("steps_per_epoch", 1), ("batch_size", 1), ("seed", 0)):
+        if not _is_int(getattr(config, name), minimum):
+            raise ValueError(
+                f"`{name}` must be an integer >= {minimum}, got {getattr(config, name)!r}."
+            )
+    for name in ("val_images", "val_size"):
+        value = getattr(config, name)
+        if value is not None and not _is_int(value, 0 if name == "val_images" else 1):
+            raise ValueError(f"`{name}` must be None or a positive integer, got {value!r}.")
+    crop = config.crop_size
+    if not (_is_int(crop, 1) or (isinstance(crop, (tuple, list)) and len(crop) == 2)):
+        raise ValueError(f"`crop_size` must be an int or (height, width), got {crop!r}.")
+    if config.optimizer not in OPTIMIZERS:
+        raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}, got {config.optimizer!r}.")
+    for name in ("learning_rate", "poly_power", "weight_decay", "momentum"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"`{name}` must be a number >= 0, got {value!r}.")
+    for name in ("dataset_options", "model"):
+        if not isinstance(getattr(config, name), dict):
+            raise ValueError(f"`{name}` must be a dict, got {getattr(config, name)!r}.")
+    if len(config.scale_range) != 2 or not 0 < config.scale_range[0] <= config.scale_range[1]:
+        raise ValueError(
+            f"`scale_range` must be (min, max), 0 < min <= max, got {config.scale_range!r}."
+        )
+    _check_model_keys(config.model)
+    num_classes = config.model.get("num_classes")
+    if num_classes is not None and not _is_int(num_classes, 2):
+        raise ValueError(
+            f"`model.num_classes` must be None or an integer >= 2, got {num_classes!r}."
+        )
+
+
+def _check_model_keys(model):
+    allowed = model_defaults()
+    for key in model:
+        if key in TRAINING_OWNED_MODEL_ARGUMENTS:
+            raise ValueError(f"`model.{key}` is set by training itself; remove it from the config.")
+        if key not in allowed:
+            raise ValueError(
+                f"unknown model argument `model.{key}`; the model takes: {', '.join(allowed)}."
+            )
+
+
+def resolve_config(config):
+    """Checks the config and writes out its whole model section.
+
+    Every `MultiScaleSegmenter` argument is filled in (its default where the
+    config leaves it out; `num_classes` from the dataset), so `config.json`
+    records the model completely.
+    """
+    check_config(config)
+    model = {**model_defaults(), **config.model}
+    if config.model.get("num_classes") is None:
+        # A folder dataset without classes.txt takes `dataset_options.num_classes`.
+        fallback = config.dataset_options.get("num_classes")
+        model["num_classes"] = dataset_info(config.dataset, config.data_dir, fallback).num_classes
+    model["scales"] = tuple(float(s) for s in model["scales"])
+    return dataclasses.replace(config, model=model)
+
+
+def config_to_json(config):
+    # Through JSON and back, so tuples and lists compare equal with a stored config.
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def differing_keys(stored, current, ignore=("data_dir",)):
+    """Names (`model.x` inside the model section) whose values differ between two configs."""
+    differing = []
+    for key in sorted(set(stored) | set(current)):
+        if key in ignore:
+            continue
+        old, new = stored.get(key), current.get(key)
+        if key == "model" and isinstance(old, dict) and isinstance(new, dict):
+            differing += [f"model.{name}" for name in differing_keys(old, new, ignore=())]
+        elif old != new:
+            differing.append(key)
+    return differing
+
+
+# === Recipes and overrides ===
+
+
+def load_recipe(path):
+    """Imports a recipe file; it must define `CONFIG` (a TrainConfig) and may define
+    `VARIANTS` ({name: overrides}) and `DEFAULT_VARIANT`."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"recipe not found: {path}")
+    name = "msattn_recipe_" + os.path.splitext(os.path.basename(path))[0].replace("-", "_")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not isinstance(getattr(module, "CONFIG", None), TrainConfig):
+        raise ValueError(f"recipe {path} must define CONFIG = TrainConfig(...)")
+    return module
+
+
+def parse_overrides(pairs):
+    """`["key=value", "model.key=value", ...]` -> overrides for `apply_overrides`.
+
+    Values are Python literals where they parse, else strings. `model.key`
+    entries (or a bare model argument name, e.g. `backbone=...`) are collected
+    into one `"model"` dict.
+    """
+    keys = config_keys()
+    overrides = {}
+    for pair in pairs:
+        key, separator, text = pair.partition("=")
+        key = key.strip()
+        if not separator:
+            raise ValueError(f"--set expects key=value, got {pair!r}.")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        section, dot, name = key.partition(".")
+        if key in keys and key != "model":
+            overrides[key] = value
+        elif (dot and section == "model") or (not dot and key in model_defaults()):
+            # `model.backbone=...`, or `backbone=...` for short (no field shares a name).
+            name = name if dot else key
+            _check_model_keys({name: None})
+            overrides.setdefault("model", {})[name] = value
+        else:
+            raise ValueError(
+                f"unknown key {key!r} in --set; allowed keys: "
+                f"{', '.join(k for k in keys if k != 'model')}, and model.NAME for the "
+                f"model's arguments ({', '.join(model_defaults())})."
+            )
+    return overrides
+
+
+def apply_overrides(config, overrides):
+    """`config` with top-level fields replaced and the `model` section merged."""
+    overrides = dict(overrides)
+    if "model" in overrides:
+        overrides["model"] = {**config.model, **overrides["model"]}
+    return dataclasses.replace(config, **overrides)
+
+
+def recipe_config(recipe, variant=None, overrides=None):
+    """The config of a loaded recipe, with a variant and `--set` overrides applied."""
+    variants = getattr(recipe, "VARIANTS", {})
+    variant = variant or getattr(recipe, "DEFAULT_VARIANT", None)
+    config = recipe.CONFIG
+    if variant is not None:
+        if variant not in variants:
+            allowed = ", ".join(variants) or "none (this recipe has no variants)"
+            raise ValueError(f"unknown variant {variant!r}; allowed variants: {allowed}.")
+        config = apply_overrides(config, variants[variant])
+    return apply_overrides(config, overrides or {})
