@@ -290,7 +290,25 @@ def _run_train(args):
     except TrainingDiverged as error:
         print(f"msattn train: {error}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        print(f"msattn train: interrupted. {_resume_hint(args.out)}", file=sys.stderr)
+        return 130  # 128 + SIGINT, as the shell reports it
     return 0
+
+
+def _resume_hint(out_dir):
+    from keras_msattn.callbacks import restored_epoch
+
+    try:
+        done = restored_epoch(os.path.join(out_dir, "backup"))
+    except Exception:  # a damaged backup: the rerun itself says what it finds
+        done = None
+    if done:
+        return (
+            f"{out_dir} holds the state after epoch {done}; rerunning the same command "
+            f"resumes from epoch {done + 1}."
+        )
+    return f"No epoch had finished; rerunning the same command starts {out_dir} from the beginning."
 
 
 # --- msattn export ----------------------------------------------------------

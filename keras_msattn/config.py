@@ -19,8 +19,12 @@ import importlib.util
 import inspect
 import json
 import os
+import traceback
+import types
 
 from keras_msattn.data import dataset_info
+from keras_msattn.data.datasets import dataset_options
+from keras_msattn.errors import UserError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 # Set by training itself, never by a config.
@@ -103,8 +107,77 @@ def _is_int(value, minimum):
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
+# Fields whose annotation is narrower than what they take.
+_ALSO_ACCEPTED = {
+    "train_split": (type(None),),
+    "val_split": (type(None),),
+    "crop_size": (tuple, list),
+}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "True or False",
+               dict: "a dict", tuple: "a tuple", list: "a list", type(None): "None"}  # fmt: skip
+
+
+def _annotation_types(annotation):
+    if isinstance(annotation, types.UnionType):
+        return annotation.__args__
+    return (annotation,)
+
+
+def _has_type(value, kind):
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is tuple:
+        return isinstance(value, (tuple, list))
+    return isinstance(value, kind)
+
+
+def _check_field_types(config):
+    for field in dataclasses.fields(TrainConfig):
+        value = getattr(config, field.name)
+        kinds = _annotation_types(field.type) + _ALSO_ACCEPTED.get(field.name, ())
+        if not any(_has_type(value, kind) for kind in kinds):
+            expected = " or ".join(dict.fromkeys(_TYPE_NAMES.get(k, k.__name__) for k in kinds))
+            raise ValueError(f"`{field.name}` must be {expected}, got {value!r}.")
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_loss_weights(config):
+    from keras_msattn.segmenter import output_names
+
+    if config.loss_weights is None:
+        return
+    try:
+        names = output_names(config.scales)
+    except (TypeError, ValueError):
+        return  # bad scales: building the model names them
+    for name, weight in config.loss_weights.items():
+        if name not in names:
+            raise ValueError(
+                f"`loss_weights` has the key {name!r}, which is not an output of this model; "
+                f"its outputs are {', '.join(names)}."
+            )
+        if not _is_number(weight) or weight < 0:
+            raise ValueError(f"`loss_weights[{name!r}]` must be a number >= 0, got {weight!r}.")
+
+
+def _check_dataset_options(config):
+    allowed = (*dataset_options(config.dataset), "num_classes")
+    for name in config.dataset_options:
+        if name not in allowed:
+            raise ValueError(
+                f"`dataset_options` has the key {name!r}, which the {config.dataset!r} loader "
+                f"does not take; it takes: {', '.join(allowed)}."
+            )
+
+
 def check_config(config):
     """Raises ValueError naming the first field with an unusable value."""
+    _check_field_types(config)
     for name, minimum in (("steps", 1), ("steps_per_epoch", 1), ("batch_size", 1), ("seed", 0)):
         if not _is_int(getattr(config, name), minimum):
             raise ValueError(
@@ -126,11 +199,20 @@ def check_config(config):
     for name in ("dataset_options", "model"):
         if not isinstance(getattr(config, name), dict):
             raise ValueError(f"`{name}` must be a dict, got {getattr(config, name)!r}.")
-    if len(config.scale_range) != 2 or not 0 < config.scale_range[0] <= config.scale_range[1]:
+    scale_range = config.scale_range
+    if (
+        len(scale_range) != 2
+        or not all(_is_number(v) for v in scale_range)
+        or not 0 < scale_range[0] <= scale_range[1]
+    ):
         raise ValueError(
             f"`scale_range` must be (min, max), 0 < min <= max, got {config.scale_range!r}."
         )
+    if isinstance(crop, (tuple, list)) and not all(_is_int(side, 1) for side in crop):
+        raise ValueError(f"`crop_size` must be an int or (height, width), got {crop!r}.")
     _check_model_keys(config.model)
+    _check_loss_weights(config)
+    _check_dataset_options(config)
     num_classes = config.model.get("num_classes")
     if num_classes is not None and not _is_int(num_classes, 2):
         raise ValueError(
@@ -158,10 +240,18 @@ def resolve_config(config):
     """
     check_config(config)
     model = {**model_defaults(), **config.model}
-    if config.model.get("num_classes") is None:
-        # A folder dataset without classes.txt takes `dataset_options.num_classes`.
-        fallback = config.dataset_options.get("num_classes")
-        model["num_classes"] = dataset_info(config.dataset, config.data_dir, fallback).num_classes
+    explicit = config.model.get("num_classes")
+    # A folder dataset without classes.txt takes the model's count, or
+    # `dataset_options.num_classes`.
+    fallback = explicit if explicit is not None else config.dataset_options.get("num_classes")
+    info = dataset_info(config.dataset, config.data_dir, fallback)
+    if explicit is not None and explicit != info.num_classes:
+        raise ValueError(
+            f"`model.num_classes`={explicit}, but {info.classes_source or config.dataset} "
+            f"lists {info.num_classes} classes. Leave num_classes out to take the dataset's "
+            "count, or fix the class list."
+        )
+    model["num_classes"] = info.num_classes
     model["scales"] = tuple(float(s) for s in model["scales"])
     return dataclasses.replace(config, model=model)
 
@@ -188,17 +278,50 @@ def differing_keys(stored, current, ignore=("data_dir",)):
 # === Recipes and overrides ===
 
 
+class RecipeError(UserError):
+    """A recipe file that cannot be used: not Python, a syntax error, or it raised."""
+
+
+def _recipe_line(error, path):
+    # The innermost line of the recipe file in the traceback, if any.
+    lines = [
+        frame.lineno
+        for frame in traceback.extract_tb(error.__traceback__)
+        if os.path.abspath(frame.filename) == os.path.abspath(path)
+    ]
+    return f", line {lines[-1]}" if lines else ""
+
+
 def load_recipe(path):
     """Imports a recipe file; it must define `CONFIG` (a TrainConfig) and may define
-    `VARIANTS` ({name: overrides}) and `DEFAULT_VARIANT`."""
+    `VARIANTS` ({name: overrides}) and `DEFAULT_VARIANT`.
+
+    Raises:
+        RecipeError: naming the file, the line where Python gives one, and what
+            was wrong.
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"recipe not found: {path}")
+    if not path.endswith(".py"):
+        raise RecipeError(
+            f"{path}: a recipe is a Python file ending in .py (see recipes/ for examples)."
+        )
     name = "msattn_recipe_" + os.path.splitext(os.path.basename(path))[0].replace("-", "_")
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as error:
+        raise RecipeError(f"{path}, line {error.lineno}: syntax error: {error.msg}.") from None
+    except Exception as error:  # anything the recipe's own code raises
+        raise RecipeError(
+            f"{path}{_recipe_line(error, path)}: the recipe raised {type(error).__name__}: {error}"
+        ) from None
     if not isinstance(getattr(module, "CONFIG", None), TrainConfig):
-        raise ValueError(f"recipe {path} must define CONFIG = TrainConfig(...)")
+        raise RecipeError(f"recipe {path} must define CONFIG = TrainConfig(...)")
+    variants = getattr(module, "VARIANTS", {})
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+        raise RecipeError(f"recipe {path}: VARIANTS must be a dict of {{name: dict of overrides}}.")
     return module
 
 
@@ -237,9 +360,24 @@ def parse_overrides(pairs):
     return overrides
 
 
-def apply_overrides(config, overrides):
-    """`config` with top-level fields replaced and the `model` section merged."""
+def apply_overrides(config, overrides, where="overrides"):
+    """`config` with top-level fields replaced and the `model` section merged.
+
+    `where` names the overrides' source in the error for an unknown key.
+    """
     overrides = dict(overrides)
+    unknown = sorted(set(overrides) - set(config_keys()))
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown key {unknown[0]!r}; allowed keys: {', '.join(config_keys())}."
+        )
+    if "model" in overrides:
+        if not isinstance(overrides["model"], dict):
+            raise ValueError(f"{where}: `model` must be a dict, got {overrides['model']!r}.")
+        try:
+            _check_model_keys(overrides["model"])
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
     if "model" in overrides:
         overrides["model"] = {**config.model, **overrides["model"]}
     return dataclasses.replace(config, **overrides)
@@ -254,5 +392,6 @@ def recipe_config(recipe, variant=None, overrides=None):
         if variant not in variants:
             allowed = ", ".join(variants) or "none (this recipe has no variants)"
             raise ValueError(f"unknown variant {variant!r}; allowed variants: {allowed}.")
-        config = apply_overrides(config, variants[variant])
-    return apply_overrides(config, overrides or {})
+        where = f"{getattr(recipe, '__file__', 'the recipe')}, VARIANTS[{variant!r}]"
+        config = apply_overrides(config, variants[variant], where=where)
+    return apply_overrides(config, overrides or {}, where="--set")

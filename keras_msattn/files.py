@@ -9,16 +9,25 @@ version folder, a report, a checkpoint) exists until all of it was written.
 """
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 import tempfile
 
-from keras_msattn.errors import make_ordinary
+from keras_msattn.errors import UserError, make_ordinary
 
 # Every temporary starts with this, so a later run can find what a kill left.
 TEMPORARY_PREFIX = ".msattn-partial-"
 _RAISE = object()
+
+
+class WriteFailed(UserError):
+    """A file could not be written (e.g. a full disk); the previous version is intact."""
+
+
+class DamagedFile(UserError):
+    """A file the package wrote earlier can no longer be read."""
 
 
 def _temporary_name(path, directory=False, suffix=""):
@@ -83,12 +92,35 @@ def commit(temporary, path):
 
 
 def write_with(write, path, suffix=""):
-    """Calls `write(temporary_path)`, then renames the result onto `path`; returns `path`."""
+    """Calls `write(temporary_path)`, then renames the result onto `path`; returns `path`.
+
+    Raises:
+        WriteFailed: the write failed (a full disk, say); it names `path` and
+            nothing else was changed.
+    """
     path = os.fspath(path)
-    with staged_file(path, suffix) as temporary:
-        write(temporary)
-        commit(temporary, path)
+    try:
+        with staged_file(path, suffix) as temporary:
+            write(temporary)
+            commit(temporary, path)
+    except OSError as error:
+        # ENOSPC and friends carry no file name, or the temporary's: name the
+        # destination, and say that the previous version of it is untouched.
+        reason = error.strerror or str(error)
+        raise WriteFailed(
+            f"could not write {path}: {reason}. Nothing was changed: "
+            + (
+                f"the previous {os.path.basename(path)} is as it was."
+                if os.path.lexists(path)
+                else f"{os.path.basename(path)} was not created."
+            )
+            + (" Free some disk space and run the command again." if _is_full(error) else "")
+        ) from error
     return path
+
+
+def _is_full(error):
+    return error.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(error)
 
 
 def write_bytes(path, data):
@@ -108,11 +140,23 @@ def write_json(path, value):
 
 
 def read_json(path, default=_RAISE):
-    """The JSON value in `path`; `default` when the file does not exist (if given)."""
+    """The JSON value in `path`; `default` when the file does not exist (if given).
+
+    Raises:
+        DamagedFile: the file is not JSON (a truncated or hand-edited file); the
+            message names it.
+    """
     if default is not _RAISE and not os.path.exists(path):
         return default
-    with open(path) as handle:
-        return json.load(handle)
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        return json.loads(data.decode("utf-8"))
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
+        raise DamagedFile(
+            f"{path} is damaged: not a JSON file ({error}). Restore it from a copy, or "
+            f"delete the folder {os.path.dirname(os.path.abspath(path))} to start over."
+        ) from None
 
 
 def copy_file(source, path):

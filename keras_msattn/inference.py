@@ -68,12 +68,46 @@ def load_segmenter(path, compile=True):
     import keras_msattn  # noqa: F401  (registers the package's layers for deserialization)
 
     try:
-        return keras.saving.load_model(path, safe_mode=True, compile=compile)
+        model = keras.saving.load_model(path, safe_mode=True, compile=compile)
     except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile, EOFError) as error:
         raise ValueError(
             f"{path}: damaged or not a model this package wrote, cannot load it ({error}); "
             "save or copy the model again"
         ) from error
+    problem = segmenter_problem(model)
+    if problem:
+        raise ValueError(
+            f"{path} holds a {type(model).__name__} that is not a segmentation model: "
+            f"{problem}. keras_msattn commands take a model that maps (B, H, W, 3) images "
+            "to (B, H, W, C) logits at the input's size, as a MultiScaleSegmenter does."
+        )
+    return model
+
+
+def segmenter_problem(model):
+    """None for a model of images to per-pixel logits at their size, else what is wrong."""
+    inputs = getattr(model, "inputs", None)
+    try:
+        output = model.output  # a deep-supervision dict stays a dict here
+    except AttributeError:  # a loaded Sequential has only `outputs`
+        outputs = getattr(model, "outputs", None) or []
+        output = outputs[0] if len(outputs) == 1 else (outputs or None)
+    if not inputs or output is None:
+        return "it has no functional inputs and outputs"
+    if len(inputs) != 1:
+        return f"it takes {len(inputs)} inputs, not one image batch"
+    if isinstance(output, (list, tuple)):
+        return f"it returns {len(output)} outputs, not one logits map"
+    try:
+        logits = final_output(output)
+    except ValueError as error:
+        return str(error)
+    image, logits = tuple(inputs[0].shape), tuple(logits.shape)
+    if len(image) != 4 or image[-1] != 3:
+        return f"its input is {image}, not (B, H, W, 3) images"
+    if len(logits) != 4 or logits[1:3] != image[1:3] or (logits[-1] or 0) < 2:
+        return f"its output is {logits} for inputs {image}, not (B, H, W, C) logits"
+    return None
 
 
 def final_output(outputs):

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from keras_msattn import visualization
+from keras_msattn.data.base import read_class_names
 from keras_msattn.inference import accepts_input_size, fixed_input_size, predict_labels
 
 OUTPUT_SUFFIXES = ("_labels.png", "_mask.png", "_overlay.png")
@@ -63,18 +64,6 @@ def read_image(path):
             return np.asarray(image, np.uint8).copy()
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"{path}: cannot read the image ({error})") from error
-
-
-def read_class_names(path):
-    """Class names from a text file, one a line (blank lines skipped)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such class-names file")
-    with open(path, encoding="utf-8") as f:
-        names = [line.strip() for line in f if line.strip()]
-    if not names:
-        raise ValueError(f"{path}: the class-names file holds no names")
-    return names
 
 
 def _attention_input(model, image):

@@ -226,9 +226,17 @@ class MultiScaleSegmenter(keras.Model):
         _check_image_side(input_shape[0], input_shape[1], self._min_input_side, "input_shape")
 
         # === Layers ===
-        shared_backbone = build_backbone(
-            backbone, weights=backbone_weights, output_stride=output_stride, width=backbone_width
-        )
+        try:
+            shared_backbone = build_backbone(
+                backbone,
+                weights=backbone_weights,
+                output_stride=output_stride,
+                width=backbone_width,
+            )
+        except ValueError as error:
+            if "`width`" not in str(error):
+                raise
+            raise ValueError(f"{error} (the segmenter's `backbone_width`)") from None
         normalization = ImageNormalization(preprocessing_mode(backbone), name="image_normalization")
         psp = PyramidPooling(name="pyramid_pooling") if pyramid_pooling else None
         classifier = layers.Conv2D(num_classes, 1, name="classifier")

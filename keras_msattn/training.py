@@ -44,6 +44,7 @@ unit of checkpointing, validation and logging. The last epoch is cut short at
 `steps`, so the optimizer always ends at exactly `steps` updates.
 """
 
+import contextlib
 import math
 import os
 import shutil
@@ -81,6 +82,7 @@ from keras_msattn.keras_internals import flatten_layers
 from keras_msattn.losses import deep_supervision_losses
 from keras_msattn.metrics import MeanIoU, PixelAccuracy
 from keras_msattn.optimizers import PolyDecay, make_optimizer
+from keras_msattn.run_lock import run_folder_lock
 from keras_msattn.segmenter import MultiScaleSegmenter, output_names
 from keras_msattn.summary import estimate_training_memory
 
@@ -218,16 +220,19 @@ def synchronize_batchnorm(model):
             layer.synchronized = True
 
 
-def _check_or_write_config(config, out_dir, resuming, write):
+def _check_or_write_config(config, out_dir, write):
+    """Refuses a folder that holds another run's config.json; writes this one's."""
     path = os.path.join(out_dir, "config.json")
     stored = files.read_json(path, None)
     current = config_to_json(config)
-    if resuming and stored is not None:
+    # Whatever else the folder holds (a backup or not): its outputs belong to that
+    # config, and a run with another one would overwrite them.
+    if stored is not None:
         # The data may move between restarts; everything else defines the run.
         differing = differing_keys(stored, current)
         if differing:
             raise ValueError(
-                f"{out_dir} holds a run with a different config (differs in: "
+                f"{out_dir} holds a run with a different config ({path} differs in: "
                 f"{', '.join(differing)}). Use another --out, or delete {out_dir} to "
                 "start over."
             )
@@ -256,7 +261,7 @@ def _precision_policy(enabled):
     return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
 
 
-def train(config, out_dir, strategy="auto", verbose=1, log=print):
+def train(config, out_dir, strategy="auto", verbose="auto", log=print):
     """Trains (or resumes) the run `config` describes; outputs go to `out_dir`.
 
     Args:
@@ -264,7 +269,9 @@ def train(config, out_dir, strategy="auto", verbose=1, log=print):
         out_dir: output folder (see the module docstring). A folder holding an
             unfinished run with the same config resumes it.
         strategy: a `make_strategy` name or a `tf.distribute.Strategy`.
-        verbose: `model.fit` verbosity (1: progress bar, 2: one line per epoch).
+        verbose: `model.fit` verbosity (1: progress bar, 2: one line per epoch);
+            "auto": the bar on a terminal, one line per epoch into a log file
+            (the bar would write a line per step there).
         log: where progress messages go.
 
     Returns:
@@ -274,6 +281,7 @@ def train(config, out_dir, strategy="auto", verbose=1, log=print):
 
     Raises:
         TrainingDiverged: the loss became NaN or infinite.
+        RunFolderBusy: another process is training into `out_dir`.
         ValueError: a bad config, or `out_dir` holds a run with another config.
     """
     # First: a multi-worker strategy must exist before TensorFlow runs any op.
@@ -286,20 +294,9 @@ def train(config, out_dir, strategy="auto", verbose=1, log=print):
             f"`batch_size` {config.batch_size} (the global batch) does not split evenly "
             f"over {replicas} replicas."
         )
-
-    # Workers other than the chief write into a temporary folder (the usual Keras
-    # multi-worker pattern) and read the chief's backup to resume.
     out_dir = os.path.abspath(out_dir)
-    chief = is_chief(strategy)
-    write_dir = out_dir if chief else tempfile.mkdtemp(prefix="msattn-worker-")
-    if chief:
-        os.makedirs(out_dir, exist_ok=True)
-        files.remove_stale_temporaries(out_dir)
-    backup_dir = os.path.join(out_dir, "backup")
-    start_epoch = restored_epoch(backup_dir)
-    # Only a backup ties a folder to its config: without one, start over.
-    _check_or_write_config(config, out_dir, resuming=start_epoch > 0, write=chief)
-    epochs = math.ceil(config.steps / config.steps_per_epoch)
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2
     log(
         f"training {config.model['backbone']} ({config.model['fusion'] or 'single scale'}, "
         f"scales {config.scales}) on {config.dataset}: {config.steps} steps, global batch "
@@ -309,6 +306,8 @@ def train(config, out_dir, strategy="auto", verbose=1, log=print):
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(_precision_policy(config.mixed_precision))
     try:
+        # The model is built before anything is written: an argument it refuses
+        # leaves no folder behind.
         keras.utils.set_random_seed(config.seed)
         with strategy.scope():
             model = build_model(config)
@@ -318,51 +317,73 @@ def train(config, out_dir, strategy="auto", verbose=1, log=print):
             compile_model(model, config)
         _log_memory_estimate(model, config, replicas, log)
 
-        # A resumed run draws a fresh data order instead of replaying the first epochs.
-        data_seed = int(np.random.SeedSequence([config.seed, start_epoch]).generate_state(1)[0])
-        train_data = train_dataset(config, seed=data_seed)
-        val_data = val_dataset(config)
-
-        export = InferenceExport(model)
-        schedule = learning_rate_schedule(config)
-        backup = ResumableBackup(backup_dir, write_dir=os.path.join(write_dir, "backup"), log=log)
-        callbacks = [
-            StopOnNonFiniteLoss(backup_dir, config.learning_rate),
-            StopAtStep(config.steps),
-            # Records before the backup: if a kill falls between them, the epoch is
-            # redone and its records rewritten, never lost.
-            EpochRecords(
-                write_dir,
-                schedule,
-                export,
-                best=files.read_json(best_path(out_dir)) if start_epoch > 0 else None,
-                log=log,
-            ),
-            backup,
-            keras.callbacks.TensorBoard(
-                os.path.join(write_dir, "logs"), update_freq=min(100, config.steps_per_epoch)
-            ),
-        ]
-        with warnings.catch_warnings(), multi_worker_fit(model):
-            # Keras warns each time the (finite) validation data ends; the training
-            # data repeats forever.
-            warnings.filterwarnings("ignore", message="Your input ran out of data")
-            model.fit(
-                train_data,
-                epochs=epochs,
-                steps_per_epoch=config.steps_per_epoch,
-                validation_data=val_data,
-                callbacks=callbacks,
-                verbose=verbose,
-                shuffle=False,  # tf.data shuffles; Keras would only warn
-            )
-        steps = int(model.optimizer.iterations.numpy())
-        model_path = os.path.join(write_dir, "model.keras")
-        export.save(model_path)
+        # One run per folder: the chief holds its lock until the last file is written.
+        chief = is_chief(strategy)
+        with run_folder_lock(out_dir, log=log) if chief else contextlib.nullcontext():
+            return _fit(model, config, out_dir, strategy, chief, verbose, log)
     finally:
         keras.config.set_dtype_policy(previous_policy)
 
-    best = files.read_json(best_path(write_dir))
+
+def _fit(model, config, out_dir, strategy, chief, verbose, log):
+    # Workers other than the chief write into a temporary folder (the usual Keras
+    # multi-worker pattern) and read the chief's backup to resume.
+    write_dir = out_dir if chief else tempfile.mkdtemp(prefix="msattn-worker-")
+    if chief:
+        files.remove_stale_temporaries(out_dir)
+    backup_dir = os.path.join(out_dir, "backup")
+    start_epoch = restored_epoch(backup_dir)
+    _check_or_write_config(config, out_dir, write=chief)
+    epochs = math.ceil(config.steps / config.steps_per_epoch)
+    # A resumed run reads its records first: a damaged one stops it before
+    # anything is written.
+    best = files.read_json(best_path(out_dir), None) if start_epoch > 0 else None
+    if start_epoch > 0:
+        files.read_json(os.path.join(out_dir, "history.json"), [])
+
+    # A resumed run draws a fresh data order instead of replaying the first epochs.
+    data_seed = int(np.random.SeedSequence([config.seed, start_epoch]).generate_state(1)[0])
+    train_data = train_dataset(config, seed=data_seed)
+    val_data = val_dataset(config)
+
+    export = InferenceExport(model)
+    schedule = learning_rate_schedule(config)
+    backup = ResumableBackup(backup_dir, write_dir=os.path.join(write_dir, "backup"), log=log)
+    callbacks = [
+        StopOnNonFiniteLoss(backup_dir, config.learning_rate),
+        StopAtStep(config.steps),
+        # Records before the backup: if a kill falls between them, the epoch is
+        # redone and its records rewritten, never lost.
+        EpochRecords(
+            write_dir,
+            schedule,
+            export,
+            best=best,
+            log=log,
+        ),
+        backup,
+        keras.callbacks.TensorBoard(
+            os.path.join(write_dir, "logs"), update_freq=min(100, config.steps_per_epoch)
+        ),
+    ]
+    with warnings.catch_warnings(), multi_worker_fit(model):
+        # Keras warns each time the (finite) validation data ends; the training
+        # data repeats forever.
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        model.fit(
+            train_data,
+            epochs=epochs,
+            steps_per_epoch=config.steps_per_epoch,
+            validation_data=val_data,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,  # tf.data shuffles; Keras would only warn
+        )
+    steps = int(model.optimizer.iterations.numpy())
+    model_path = os.path.join(write_dir, "model.keras")
+    export.save(model_path)
+
+    best = files.read_json(best_path(write_dir), None)
     history = files.read_json(os.path.join(write_dir, "history.json"), [])
     log(
         f"finished at step {steps} of {config.steps}"
@@ -383,7 +404,7 @@ def train(config, out_dir, strategy="auto", verbose=1, log=print):
 
 
 def run_recipe(path, variant=None, sets=(), out_dir=None, data_dir=None, strategy="auto",
-               mixed_precision=False, verbose=None):  # fmt: skip
+               mixed_precision=False, verbose="auto"):  # fmt: skip
     """What `msattn train` does: load a recipe, apply variant and overrides, train."""
     overrides = parse_overrides(sets)
     if data_dir is not None:
@@ -391,6 +412,4 @@ def run_recipe(path, variant=None, sets=(), out_dir=None, data_dir=None, strateg
     if mixed_precision:
         overrides["mixed_precision"] = True
     config = recipe_config(load_recipe(path), variant, overrides)
-    if verbose is None:
-        verbose = 1 if sys.stdout.isatty() else 2
     return train(config, out_dir, strategy=strategy, verbose=verbose)

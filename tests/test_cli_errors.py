@@ -10,6 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from cli_checks import fails_naming
 from fake_datasets import make_fake_folder, truncate_file, write_gray_png
 from PIL import Image
 
@@ -33,20 +34,6 @@ TINY_TRAIN = [
     "steps=1",
     "steps_per_epoch=1",
 ]
-
-
-def fails_naming(argv, capsys, *names):
-    """Runs `msattn argv`; it must exit 2 with one message naming every one of `names`."""
-    code = main(argv)
-    out = capsys.readouterr()
-    text = out.out + out.err
-    assert code == 2, text
-    assert "Traceback" not in text
-    message = [line for line in out.err.splitlines() if ": error: " in line]
-    assert len(message) == 1, out.err
-    for name in names:
-        assert str(name) in out.err, out.err
-    return out.err
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ def test_a_failed_write_keeps_the_previous_file_and_no_temporary(tmp_path):
             handle.write("{half")
         raise OSError("disk full")
 
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(files.WriteFailed, match="could not write .*report.json: disk full"):
         files.write_with(fail, path)
     assert json.loads(path.read_text()) == {"miou": 0.5}
     assert listing(tmp_path) == ["report.json"]

@@ -24,6 +24,7 @@ beside mIoU (ScaleDigits: mIoU by digit size).
 """
 
 import dataclasses
+import os
 
 IGNORE_LABEL = 255
 
@@ -41,6 +42,8 @@ class DatasetInfo:
     ignore_label: int = IGNORE_LABEL
     splits: tuple = ()
     eval_split: str = "val"
+    # Where the class list comes from, for messages (a folder's classes.txt).
+    classes_source: str = ""
 
 
 class ExtraScores:
@@ -59,3 +62,23 @@ class ExtraScores:
 
     def result(self):
         raise NotImplementedError
+
+
+def read_class_names(path):
+    """The class names of a UTF-8 text file, one a line (blank lines skipped)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such class-names file")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte 0x{data[error.start]:02x} at position "
+            f"{error.start}); save it as UTF-8, one class name a line."
+        ) from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"{path} lists no class names")
+    return names

@@ -152,6 +152,7 @@ def check_files(list_files, description, data_dir, num_classes=None, progress=Tr
         return CheckResult([(where, str(error))], 0)
     if num_classes is not None:
         files.num_classes = num_classes
+    files = image_rules.set_aside_unreadable(files)
     labels = files.label_sources or files.labels
 
     def one(pair):

@@ -25,6 +25,7 @@ __all__ = [
     "DatasetInfo",
     "check_dataset",
     "dataset_info",
+    "dataset_options",
     "dataset_splits",
     "load_dataset",
 ]
@@ -100,6 +101,22 @@ def load_dataset(
         num_classes=num_classes,
         **fixed,
         **options,
+    )
+
+
+# The arguments every dataset module's `load` takes; what else it takes are its options.
+_INTERFACE_ARGUMENTS = ("split", "data_dir", "skip_bad", "shuffle", "seed", "num_classes")
+
+
+def dataset_options(name):
+    """The names of the loader options a dataset takes (`load_dataset(**options)`)."""
+    import inspect
+
+    module, fixed = dataset_module(name)
+    return tuple(
+        parameter
+        for parameter in inspect.signature(module.load).parameters
+        if parameter not in _INTERFACE_ARGUMENTS and parameter not in fixed
     )
 
 

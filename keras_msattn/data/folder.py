@@ -17,7 +17,7 @@ from `num_classes=` when there is none (both given: they must agree).
 
 import os
 
-from keras_msattn.data.base import DatasetInfo
+from keras_msattn.data.base import DatasetInfo, read_class_names
 from keras_msattn.data.check import check_files, first_bad_pair
 from keras_msattn.data.images import SplitFiles
 
@@ -31,15 +31,28 @@ def split_dir(data_dir, split):
     return data_dir if split in FLAT_SPLITS else os.path.join(data_dir, split)
 
 
+def check_data_dir(data_dir):
+    """Raises a clear error when `data_dir` is given but is not a folder."""
+    if data_dir is None or os.path.isdir(data_dir):
+        return
+    if os.path.exists(data_dir):
+        raise ValueError(
+            f"data_dir {data_dir} is a file, not a folder: give the folder that holds "
+            "images/ and masks/ (and classes.txt)."
+        )
+    raise FileNotFoundError(
+        f"data_dir {data_dir} does not exist: give the folder that holds images/ and "
+        "masks/ (and classes.txt)."
+    )
+
+
 def read_classes(data_dir):
     """Class names from data_dir/classes.txt, or None when there is no such file."""
+    check_data_dir(data_dir)
     path = os.path.join(data_dir, "classes.txt")
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        names = [line.strip() for line in f if line.strip()]
-    if not names:
-        raise ValueError(f"{path} lists no class names")
+    names = read_class_names(path)
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ValueError(
@@ -102,6 +115,7 @@ def _by_stem(folder, extensions):
 
 def split_files(data_dir, split=None, num_classes=None):
     """Images paired with the masks of the same stem; unpaired files are reported missing."""
+    check_data_dir(data_dir)
     root = split_dir(data_dir, split)
     image_dir, mask_dir = os.path.join(root, "images"), os.path.join(root, "masks")
     for folder in (image_dir, mask_dir):
@@ -138,12 +152,16 @@ def split_files(data_dir, split=None, num_classes=None):
 
 def info(data_dir=None, num_classes=None):
     """Classes from classes.txt, else `num_classes` (then named class_0, class_1, ...)."""
+    source = ""
     if data_dir is not None and read_classes(data_dir) is not None:
         num_classes = None  # classes.txt decides; callers compare with what they need
+        source = os.path.join(data_dir, "classes.txt")
     num_classes, names = resolve_classes(data_dir, num_classes)
     found = splits(data_dir)
     eval_split = "val" if "val" in found else "all"
-    return DatasetInfo("folder", num_classes, names, splits=found, eval_split=eval_split)
+    return DatasetInfo(
+        "folder", num_classes, names, splits=found, eval_split=eval_split, classes_source=source
+    )
 
 
 def splits(data_dir=None):

@@ -34,6 +34,7 @@ makes a failure at the very end visible too.
 import dataclasses
 import functools
 import logging
+import os
 import sys
 import zlib
 
@@ -429,6 +430,45 @@ def image_size_problem(path):
     )
 
 
+def display_path(path):
+    """`path` as text that prints anywhere (a non-UTF-8 byte shows as \\xNN)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def path_problem(path):
+    """Why a listed file cannot be read at all (its name or a dangling link), or None."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the file name is not valid UTF-8, which TensorFlow cannot open; rename the file"
+    if os.path.islink(path) and not os.path.exists(path):
+        return f"a symbolic link to {display_path(os.readlink(path))}, which does not exist"
+    return None
+
+
+def set_aside_unreadable(files):
+    """`files` with every pair whose image or mask `path_problem` refuses moved to
+    `missing`: the checker and the pipelines accept exactly the same files."""
+    labels = files.label_sources or files.labels
+    keep, missing = [], list(files.missing)
+    for index, (image, label) in enumerate(zip(files.images, labels, strict=True)):
+        problems = [(p, path_problem(p)) for p in (image, label)]
+        problems = [(display_path(p), problem) for p, problem in problems if problem]
+        if problems:
+            missing.append(problems[0])  # one entry per pair lost
+        else:
+            keep.append(index)
+    if len(keep) == len(files.images):
+        return files
+    return dataclasses.replace(
+        files,
+        images=[files.images[i] for i in keep],
+        labels=[files.labels[i] for i in keep],
+        label_sources=files.label_sources and [files.label_sources[i] for i in keep],
+        missing=missing,
+    )
+
+
 def _oversized(paths):
     from concurrent.futures import ThreadPoolExecutor
 
@@ -477,6 +517,7 @@ def pairs_dataset(files, skip_bad=False, shuffle=False, seed=None, first_bad_pai
         seed: shuffle seed.
     """
     description = files.description or "dataset"
+    files = set_aside_unreadable(files)
     oversized = _oversized(files.images)
     if oversized:
         keep = [i for i, path in enumerate(files.images) if path not in oversized]
