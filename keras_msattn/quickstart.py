@@ -103,6 +103,41 @@ def scale_weight_by_size(model, images, size_maps, batch_size=16):
     }
 
 
+def stream_accuracy_by_size(model, images, labels, size_maps, batch_size=16):
+    """Pixel accuracy of each scale's own logits and of the final output, on the
+    pixels of small, medium and large digits: is one stream better anywhere?
+
+    Each stream's logits (`attention_maps(...)["scale_logits"]`, on the fusion's
+    grid) are compared after a nearest-neighbour resize of their argmax to the
+    label size. Returns `{"1.0": {"small": ..., ...}, "0.5": ..., "final": ...}`.
+    """
+    names = ("small", "medium", "large")
+    streams = [str(s) for s in model.scales] + ["final"]
+    hits = {stream: np.zeros(3) for stream in streams}
+    counts = np.zeros(3)
+    height, width = labels.shape[1:3]
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size].astype("float32")
+        label, size = labels[start : start + batch_size], size_maps[start : start + batch_size]
+        predictions = {"final": np.asarray(model(batch, training=False)).argmax(-1)}
+        if len(model.scales) > 1:
+            for scale, logits in model.attention_maps(batch)["scale_logits"].items():
+                rows = (np.arange(height) * logits.shape[1] / height).astype(int)
+                cols = (np.arange(width) * logits.shape[2] / width).astype(int)
+                predictions[str(scale)] = logits.argmax(-1)[:, rows][:, :, cols]
+        else:
+            predictions[streams[0]] = predictions["final"]
+        for bucket in range(3):
+            mask = size == bucket + 1
+            counts[bucket] += mask.sum()
+            for stream in streams:
+                hits[stream][bucket] += (predictions[stream][mask] == label[mask]).sum()
+    return {
+        stream: {names[b]: float(hits[stream][b] / max(counts[b], 1)) for b in range(3)}
+        for stream in streams
+    }
+
+
 def run_quickstart(
     out_dir="quickstart",
     steps=DEFAULT_STEPS,

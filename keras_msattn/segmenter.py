@@ -17,6 +17,7 @@ from keras import layers
 
 from keras_msattn.backbones import BACKBONE_NAMES, build_backbone, preprocessing_mode
 from keras_msattn.layers import (
+    BoundedLogits,
     ImageNormalization,
     PyramidPooling,
     ResizeByScale,
@@ -169,6 +170,10 @@ class MultiScaleSegmenter(keras.Model):
         backbone_width: MobileNetV2 width multiplier (alpha).
         head_channels: width of the attention heads; `None` picks a width scaled
             with the backbone (`DEFAULT_HEAD_CHANNELS`).
+        attention_bound: `None` (the paper: a plain softmax over scales) or a
+            positive number `b`: the location attention is `softmax(b * tanh(z / b))`,
+            so no scale's weight can fall to zero and a stream the attention
+            ignores early in training keeps a gradient (docs/results.md).
         input_shape: `(H, W, 3)`; `H` and `W` may be `None`.
 
     Only `fusion="attention"` reads `hypercolumn`, `scale_dilations` and
@@ -197,6 +202,7 @@ class MultiScaleSegmenter(keras.Model):
         output_stride=8,
         backbone_width=1.0,
         head_channels=None,
+        attention_bound=None,
         input_shape=(None, None, 3),
         **kwargs,
     ):
@@ -207,6 +213,19 @@ class MultiScaleSegmenter(keras.Model):
         input_shape = tuple(input_shape)
         if len(input_shape) != 3 or input_shape[2] != 3:
             raise ValueError(f"`input_shape` must be (H, W, 3), got {input_shape!r}.")
+        if fusion not in ("attention", "attention_to_scale") and attention_bound is not None:
+            raise ValueError(
+                f"`attention_bound`={attention_bound!r} has no effect with fusion={fusion!r}: "
+                "only the attention fusions have a location attention. Leave it out (or None)."
+            )
+        if attention_bound is not None and (
+            isinstance(attention_bound, bool)
+            or not isinstance(attention_bound, (int, float))
+            or attention_bound <= 0
+        ):
+            raise ValueError(
+                f"`attention_bound` must be None or a positive number, got {attention_bound!r}."
+            )
         if fusion != "attention":
             _check_unused_by_fusion(fusion, hypercolumn, scale_dilations, recalibration)
             # Stored as None: the saved config says only what the model computes.
@@ -298,11 +317,11 @@ class MultiScaleSegmenter(keras.Model):
                     )(hypercolumn_features)
                 )
             attention_features = layers.Concatenate(name="attention_features")(dilated)
-            scale_weights = _attention_branch(
-                attention_features, head_channels, len(scales), "location_attention"
-            )
-            scale_weights = layers.Softmax(axis=-1, name="scale_weights", dtype="float32")(
-                scale_weights
+            scale_weights = _scale_weights(
+                _attention_branch(
+                    attention_features, head_channels, len(scales), "location_attention"
+                ),
+                attention_bound,
             )
             recalibration_map = None
             if recalibration is not None:
@@ -337,11 +356,11 @@ class MultiScaleSegmenter(keras.Model):
                     for scale, features in zip(scales, scale_features, strict=True)
                 ]
                 attention_features = layers.Concatenate(name="attention_features")(last_stage)
-                scale_weights = _attention_branch(
-                    attention_features, head_channels, len(scales), "location_attention"
-                )
-                scale_weights = layers.Softmax(axis=-1, name="scale_weights", dtype="float32")(
-                    scale_weights
+                scale_weights = _scale_weights(
+                    _attention_branch(
+                        attention_features, head_channels, len(scales), "location_attention"
+                    ),
+                    attention_bound,
                 )
             final_on_grid = ScaleFusion(
                 "weighted_sum" if fusion == "attention_to_scale" else fusion,
@@ -374,6 +393,7 @@ class MultiScaleSegmenter(keras.Model):
         self.output_stride = output_stride
         self.backbone_width = backbone_width
         self.head_channels = head_channels
+        self.attention_bound = None if attention_bound is None else float(attention_bound)
         self.image_shape = input_shape
 
     def __call__(self, inputs, *args, **kwargs):
@@ -449,6 +469,7 @@ class MultiScaleSegmenter(keras.Model):
                 "output_stride": self.output_stride,
                 "backbone_width": self.backbone_width,
                 "head_channels": self.head_channels,
+                "attention_bound": self.attention_bound,
                 "input_shape": self.image_shape,
             }
         )
@@ -457,6 +478,13 @@ class MultiScaleSegmenter(keras.Model):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def _scale_weights(logits, bound):
+    """Softmax over scales; with a `bound`, of the logits squashed into (-bound, bound)."""
+    if bound is not None:
+        logits = BoundedLogits(bound, name="location_attention_bound")(logits)
+    return layers.Softmax(axis=-1, name="scale_weights", dtype="float32")(logits)
 
 
 def _attention_branch(features, channels, outputs, name):

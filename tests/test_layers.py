@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from keras_msattn.layers import (
+    BoundedLogits,
     ImageNormalization,
     PyramidPooling,
     ResizeByScale,
@@ -27,6 +28,7 @@ from keras_msattn.layers.pyramid_pooling import adaptive_average_pool
             {"fusion": "weighted_sum", "recalibration": "add"},
         ),
         (PyramidPooling(bins=(1, 3), channels=8), {"bins": (1, 3), "channels": 8}),
+        (BoundedLogits(2.5), {"bound": 2.5}),
     ],
 )
 def test_config_round_trip(layer, fields):
@@ -89,3 +91,14 @@ def test_pyramid_pooling_trains_in_a_compiled_graph():
     assert np.isfinite(history.history["loss"][0])
     graph = tf.function(lambda x: model(x))
     assert tuple(graph(tf.ones((1, 8, 8, 16))).shape) == (1, 8, 8, 2)
+
+
+def test_bounded_logits_stay_inside_the_bound_and_keep_small_values():
+    layer = BoundedLogits(4.0)
+    values = np.array([[-1e4, -8.0, -0.01, 0.0, 0.01, 8.0, 1e4]], "float32")
+    out = np.asarray(layer(values))
+    assert np.all(np.abs(out) <= 4.0) and np.all(np.diff(out) >= 0)
+    np.testing.assert_allclose(out[0, 2:5], values[0, 2:5], atol=1e-5)  # identity near 0
+    np.testing.assert_allclose(out[0, 5], 4.0 * np.tanh(2.0), rtol=1e-6)
+    with pytest.raises(ValueError, match="`bound`"):
+        BoundedLogits(0)

@@ -251,6 +251,8 @@ def test_rejects_images_smaller_than_the_scales_allow():
         (dict(scale_dilations=(12,)), "scale_dilations"),
         (dict(scales=(1.0,), fusion="attention"), "fusion"),
         (dict(recalibration="scale"), "recalibration"),
+        (dict(attention_bound=0), "attention_bound"),
+        (dict(attention_bound=True), "attention_bound"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, argument):
@@ -294,7 +296,12 @@ def test_arguments_the_fusion_does_not_use_are_stored_as_none(fusion):
 
 @pytest.mark.parametrize(
     "argument, value",
-    [("recalibration", "add"), ("scale_dilations", (2, 12)), ("hypercolumn", False)],
+    [
+        ("recalibration", "add"),
+        ("scale_dilations", (2, 12)),
+        ("hypercolumn", False),
+        ("attention_bound", 4.0),
+    ],
 )
 def test_arguments_the_fusion_ignores_are_refused_when_set(argument, value):
     with pytest.raises(ValueError, match=f"`{argument}`.*no effect with fusion='max'"):
@@ -339,3 +346,21 @@ def test_summary_command_builds_the_model_from_set_arguments(capsys):
     assert "GiB per image" in out and "at 3 image(s) per device" in out
     assert main(["summary", "--set", "steps=3"]) == 2
     assert "--set steps=...: not a model argument" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fusion", ["attention", "attention_to_scale"])
+def test_a_bounded_attention_is_the_softmax_of_squashed_logits(fusion, tmp_path):
+    model = tiny(fusion=fusion, attention_bound=0.5)
+    images = random_images(1, 64, 64)
+    logits, weights = probe(model, ["location_attention_logits", "scale_weights"])(images)
+    squashed = 0.5 * np.tanh(np.asarray(logits) / 0.5)
+    expected = np.exp(squashed) / np.exp(squashed).sum(-1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(weights), expected, atol=1e-5)
+    # No scale's weight can fall below 1 / (1 + exp(2 * bound)) with two scales.
+    assert np.asarray(weights).min() >= 1 / (1 + np.exp(1.0)) - 1e-6
+    path = str(tmp_path / "bounded.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path, safe_mode=True)
+    assert restored.get_config()["attention_bound"] == 0.5
+    np.testing.assert_allclose(np.asarray(restored(images)), np.asarray(model(images)), atol=1e-5)
+    assert tiny(fusion=fusion).get_config()["attention_bound"] is None  # the paper's softmax

@@ -3,9 +3,10 @@
 from keras_msattn.layers.image_normalization import ImageNormalization
 from keras_msattn.layers.pyramid_pooling import PyramidPooling
 from keras_msattn.layers.resize import ResizeByScale, ResizeToReference
-from keras_msattn.layers.scale_fusion import ScaleFusion
+from keras_msattn.layers.scale_fusion import BoundedLogits, ScaleFusion
 
 __all__ = [
+    "BoundedLogits",
     "ImageNormalization",
     "PyramidPooling",
     "ResizeByScale",

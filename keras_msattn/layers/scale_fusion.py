@@ -86,3 +86,32 @@ class ScaleFusion(keras.layers.Layer):
             "fusion": self.fusion,
             "recalibration": self.recalibration,
         }
+
+
+@keras.saving.register_keras_serializable(package="keras_msattn")
+class BoundedLogits(keras.layers.Layer):
+    """`bound * tanh(z / bound)`: logits squashed into (-bound, bound).
+
+    Before a softmax over `S` scales it keeps every scale's weight above
+    `1 / (1 + (S - 1) * exp(2 * bound))` (about 0.0003 for two scales and a bound
+    of 4), so the softmax cannot saturate and a stream the attention ignores
+    keeps a gradient. Near zero it is the identity.
+
+    Args:
+        bound: a positive number.
+    """
+
+    def __init__(self, bound, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or bound <= 0:
+            raise ValueError(f"`bound` must be a positive number, got {bound!r}.")
+        self.bound = float(bound)
+
+    def call(self, logits):
+        return self.bound * ops.tanh(logits / self.bound)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "bound": self.bound}
