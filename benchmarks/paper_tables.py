@@ -68,6 +68,9 @@ VARIANTS = {
     # and a location attention whose softmax cannot saturate.
     "full_dilations_reversed": dict(_FULL, scale_dilations=(2, 12)),
     "full_bounded_gate": dict(_FULL, attention_bound=4.0),
+    # The edge model's cheaper heads (docs/performance.md): the merge on the stride-16
+    # grid of the 1x input instead of the paper's stride 4.
+    "full_heads_stride16": dict(_FULL, head_stride=16),
 }
 LABELS = {
     "single_scale": "single scale (DeepLab-LargeFOV)",
@@ -80,6 +83,7 @@ LABELS = {
     "full_psp": "full model + PSP",
     "full_dilations_reversed": "full, dilations 2 (1x) / 12 (0.5x)",
     "full_bounded_gate": "full, attention softmax(4 tanh(z / 4))",
+    "full_heads_stride16": "full, heads on the stride-16 grid",
 }
 # PASCAL VOC 2012 val mIoU (%), VGG16, scales 1x and 0.5x (Tables 1 and 2). The
 # paper has no PSP row on VOC; on ADE20K (Table 3) PSP adds 1.14 to its model.
@@ -94,6 +98,7 @@ PAPER_VOC = {
     "full_psp": None,
     "full_dilations_reversed": None,
     "full_bounded_gate": None,
+    "full_heads_stride16": None,
 }
 METRICS = ("miou", "miou_small", "miou_medium", "miou_large")
 
@@ -213,15 +218,24 @@ def runs_dir(out):
 
 
 def git_commit():
+    """The commit the package was imported from, "-dirty" if it had changes; None outside git."""
     import subprocess
 
-    try:
+    def git(*arguments):
         return subprocess.run(
-            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
+            ["git", "-C", ROOT, *arguments], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", "keras_msattn")
     except (OSError, subprocess.CalledProcessError):
         return None
+    return commit + ("-dirty" if changed else "")
+
+
+# Read once, at start: a commit made while the campaign runs is not the code it runs.
+COMMIT = None
 
 
 def by_size_analysis(model, args):
@@ -299,7 +313,7 @@ def train_and_evaluate(args, variant, seed):
         "model_arguments": {k: v for k, v in config.model.items() if k in VARIANTS[variant]},
         **analysis,
         "run_dir": out_dir,
-        "commit": git_commit(),
+        "commit": COMMIT,
         "wall_seconds": round(time.perf_counter() - wall_start, 1),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -368,6 +382,86 @@ def table(records, variants):
     return "\n".join(lines)
 
 
+# (model, baseline): the paired comparisons the report gives per seed.
+PAIRS = (
+    ("full", "single_scale"),
+    ("full", "attention_to_scale"),
+    ("full_bounded_gate", "full"),
+    ("full_dilations_reversed", "full"),
+    ("full_heads_stride16", "full"),
+)
+
+
+def paired_differences(records, model, baseline, metric="miou"):
+    """{seed: model - baseline} in points, over the seeds both have."""
+    by_seed = {}
+    for record in records:
+        by_seed.setdefault(record["seed"], {})[record["variant"]] = record
+    return {
+        seed: 100 * (runs[model][metric] - runs[baseline][metric])
+        for seed, runs in sorted(by_seed.items())
+        if model in runs and baseline in runs
+    }
+
+
+def paired_table(records, variants):
+    """Markdown: per pair, the per-seed mIoU differences, their mean, std and t."""
+    lines = [
+        "| comparison | seeds | per-seed difference (points) | mean | std | t |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model, baseline in PAIRS:
+        if model not in variants or baseline not in variants:
+            continue
+        differences = paired_differences(records, model, baseline)
+        values = list(differences.values())
+        if not values:
+            continue
+        mean = statistics.fmean(values)
+        if len(values) > 1:
+            std = statistics.stdev(values)
+            t = mean / (std / len(values) ** 0.5) if std > 0 else float("inf")
+            spread, t_text = f"{std:.2f}", f"{t:.2f}"
+        else:
+            spread, t_text = "n/a", "n/a"
+        per_seed = ", ".join(f"{value:+.1f}" for value in values)
+        seeds = ",".join(str(seed) for seed in differences)
+        lines.append(
+            f"| {LABELS[model]} − {LABELS[baseline]} | {seeds} | {per_seed} | {mean:+.2f} | "
+            f"{spread} | {t_text} |"
+        )
+    return "\n".join(lines)
+
+
+def by_size_table(records, variants):
+    """Markdown: the 0.5x weight and each stream's pixel accuracy by digit size."""
+    lines = [
+        "| variant | seeds | 0.5x weight small / medium / large | 1x stream acc. "
+        "small / medium / large | 0.5x stream acc. | final acc. |",
+        "|---|---|---|---|---|---|",
+    ]
+    sizes = ("small", "medium", "large")
+
+    def cell(rows, get):
+        values = [[get(r)[size] for r in rows] for size in sizes]
+        return " / ".join(f"{statistics.fmean(v):.3f}" for v in values)
+
+    for variant in (v for v in VARIANTS if v in variants):
+        rows = [r for r in records if r["variant"] == variant and "stream_accuracy" in r]
+        if not rows:
+            continue
+        seeds = ",".join(str(r["seed"]) for r in sorted(rows, key=lambda r: r["seed"]))
+        weight = cell(rows, lambda r: r["weight_0.5"]) if "weight_0.5" in rows[0] else "—"
+        streams = [
+            cell(rows, lambda r, s=stream: r["stream_accuracy"][s])
+            if stream in rows[0]["stream_accuracy"]
+            else "—"
+            for stream in ("1.0", "0.5", "final")
+        ]
+        lines.append(f"| {LABELS[variant]} | {seeds} | {weight} | {' | '.join(streams)} |")
+    return "\n".join(lines)
+
+
 def latest_per_run(records):
     # A run recorded twice (e.g. by two runs of the benchmark at once) counts once.
     latest = {}
@@ -377,7 +471,9 @@ def latest_per_run(records):
 
 
 def main(argv=None):
+    global COMMIT
     args = parse_args(argv)
+    COMMIT = git_commit()
     if args.timing is not None:
         time_variants(args)
         return 0
@@ -428,6 +524,13 @@ def main(argv=None):
         f"{config.learning_rate:g}, poly)."
     )
     print(table(records, args.variants))
+    print("\nPaired by seed: mIoU of the first minus the second, t = mean / (std / sqrt(n)).")
+    print(paired_table(records, args.variants))
+    print(
+        f"\nBy digit size, first {args.analysis_images} test images: mean over seeds of the "
+        "0.5x stream's attention weight, and of each stream's pixel accuracy."
+    )
+    print(by_size_table(records, args.variants))
     print(
         "\nPaper VOC: PASCAL VOC 2012 val, VGG16 pretrained, scales 1x + 0.5x (Tables 1-2); "
         "no PSP row on VOC (ADE20K, Table 3: ours 37.07, ours + PSP 38.21)."

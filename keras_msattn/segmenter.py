@@ -26,6 +26,8 @@ from keras_msattn.layers import (
 )
 
 FUSIONS = ("attention", "attention_to_scale", "average", "max", None)
+# Strides of the 1x input that fusion="attention" may run its heads on; 4 is the paper's.
+HEAD_STRIDES = (4, 8, 16)
 RECALIBRATIONS = ("multiply", "add", None)
 MAX_SCALE = 4.0
 # The smallest image side any scale may produce: a stride-8 backbone then still
@@ -174,6 +176,9 @@ class MultiScaleSegmenter(keras.Model):
             positive number `b`: the location attention is `softmax(b * tanh(z / b))`,
             so no scale's weight can fall to zero and a stream the attention
             ignores early in training keeps a gradient (docs/results.md).
+        head_stride: the grid `fusion="attention"` merges on, as a stride of the
+            1x input: 4 (the paper: "after two pooling operations"), 8 or 16. A
+            coarser grid costs the heads 4x or 16x fewer pixels (docs/performance.md).
         input_shape: `(H, W, 3)`; `H` and `W` may be `None`.
 
     Only `fusion="attention"` reads `hypercolumn`, `scale_dilations` and
@@ -203,6 +208,7 @@ class MultiScaleSegmenter(keras.Model):
         backbone_width=1.0,
         head_channels=None,
         attention_bound=None,
+        head_stride=4,
         input_shape=(None, None, 3),
         **kwargs,
     ):
@@ -226,10 +232,21 @@ class MultiScaleSegmenter(keras.Model):
             raise ValueError(
                 f"`attention_bound` must be None or a positive number, got {attention_bound!r}."
             )
+        if head_stride is not None and (
+            head_stride not in HEAD_STRIDES or isinstance(head_stride, bool)
+        ):
+            raise ValueError(f"`head_stride` must be one of {HEAD_STRIDES}, got {head_stride!r}.")
         if fusion != "attention":
             _check_unused_by_fusion(fusion, hypercolumn, scale_dilations, recalibration)
+            if head_stride not in (None, 4):
+                raise ValueError(
+                    f"`head_stride`={head_stride!r} has no effect with fusion={fusion!r}: only "
+                    "fusion='attention' runs its heads on a grid of its own. Leave it out."
+                )
             # Stored as None: the saved config says only what the model computes.
-            hypercolumn, scale_dilations, recalibration = None, None, None
+            hypercolumn, scale_dilations, recalibration, head_stride = None, None, None, None
+        elif head_stride is None:
+            head_stride = 4
         if fusion in ("attention", "attention_to_scale"):
             if head_channels is None:
                 head_channels = DEFAULT_HEAD_CHANNELS[backbone]
@@ -278,8 +295,9 @@ class MultiScaleSegmenter(keras.Model):
         if fusion is None:
             final_on_grid = scale_scores[0]
         elif fusion == "attention":
-            # The common grid: stride 4 of the 1x input ("after two pooling operations").
-            grid = ResizeByScale(0.25, name="grid_reference")(images)
+            # The common grid: stride 4 of the 1x input ("after two pooling operations"),
+            # or a coarser one (`head_stride`) for an edge model.
+            grid = ResizeByScale(1.0 / head_stride, name="grid_reference")(images)
             stages = HYPERCOLUMN_STAGES if hypercolumn else HYPERCOLUMN_STAGES[-1:]
             # 1x1 conv + BN + ReLU per tapped stage, shared by all scales like the
             # backbone; keeps the concatenated hypercolumn a few hundred channels wide.
@@ -394,6 +412,7 @@ class MultiScaleSegmenter(keras.Model):
         self.backbone_width = backbone_width
         self.head_channels = head_channels
         self.attention_bound = None if attention_bound is None else float(attention_bound)
+        self.head_stride = head_stride
         self.image_shape = input_shape
 
     def __call__(self, inputs, *args, **kwargs):
@@ -425,7 +444,7 @@ class MultiScaleSegmenter(keras.Model):
         the attention fusions `"scale_weights"` (`(B, h, w, S)`, summing to 1 over
         the scales, in the order of `scales`) and, with recalibration,
         `"recalibration"` (`(B, h, w, C)`; in (0, 1) for `"multiply"`). The grid is
-        the stride-4 grid of the input for `fusion="attention"` and the score grid
+        the `head_stride` grid of the input for `fusion="attention"` and the score grid
         (stride `output_stride`) otherwise; a single-scale model returns its score map.
         """
         probe = _ATTENTION_PROBES.get(self)
@@ -470,6 +489,7 @@ class MultiScaleSegmenter(keras.Model):
                 "backbone_width": self.backbone_width,
                 "head_channels": self.head_channels,
                 "attention_bound": self.attention_bound,
+                "head_stride": self.head_stride,
                 "input_shape": self.image_shape,
             }
         )

@@ -364,3 +364,32 @@ def test_a_bounded_attention_is_the_softmax_of_squashed_logits(fusion, tmp_path)
     assert restored.get_config()["attention_bound"] == 0.5
     np.testing.assert_allclose(np.asarray(restored(images)), np.asarray(model(images)), atol=1e-5)
     assert tiny(fusion=fusion).get_config()["attention_bound"] is None  # the paper's softmax
+
+
+@pytest.mark.parametrize("head_stride", [8, 16])
+def test_heads_on_a_coarser_grid(head_stride, tmp_path):
+    model = tiny(head_stride=head_stride, deep_supervision=True)
+    images = random_images(1, 64, 64)
+    maps = model.attention_maps(images)
+    assert maps["scale_weights"].shape == (1, 64 // head_stride, 64 // head_stride, 2)
+    assert maps["recalibration"].shape == (1, 64 // head_stride, 64 // head_stride, 4)
+    outputs = model(images)
+    assert all(tuple(value.shape) == (1, 64, 64, 4) for value in outputs.values())
+    # Fewer grid pixels, same weights: the heads' parameters do not depend on the grid.
+    assert model.count_params() == tiny(deep_supervision=True).count_params()
+    path = str(tmp_path / "coarse.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path, safe_mode=True)
+    assert restored.get_config()["head_stride"] == head_stride
+    np.testing.assert_allclose(
+        np.asarray(restored(images)["final"]), np.asarray(outputs["final"]), atol=1e-5
+    )
+
+
+def test_head_stride_is_checked_and_only_for_the_paper_attention():
+    with pytest.raises(ValueError, match="`head_stride` must be one of"):
+        tiny(head_stride=5)
+    with pytest.raises(ValueError, match="`head_stride`=16 has no effect"):
+        tiny(fusion="average", head_stride=16)
+    assert tiny(fusion="average").get_config()["head_stride"] is None
+    assert tiny().get_config()["head_stride"] == 4  # the paper's grid

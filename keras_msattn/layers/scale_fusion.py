@@ -67,12 +67,15 @@ class ScaleFusion(keras.layers.Layer):
             )
         merged = None
         for index, logits in enumerate(scale_logits):
-            if self.recalibration == "multiply":
-                logits = logits * recalibration
-            elif self.recalibration == "add":
-                logits = logits + recalibration
             weighted = scale_weights[..., index : index + 1] * logits
             merged = weighted if merged is None else merged + weighted
+        # wr is shared by the scales and the weights sum to 1, so recalibrating the
+        # sum once is eq. 3-4 exactly: sum_s l^s (P^s * wr) = (sum_s l^s P^s) * wr,
+        # and sum_s l^s (P^s + wr) = sum_s l^s P^s + wr. One op instead of S.
+        if self.recalibration == "multiply":
+            merged = merged * recalibration
+        elif self.recalibration == "add":
+            merged = merged + recalibration
         return merged
 
     def compute_output_shape(

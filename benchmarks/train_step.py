@@ -1,0 +1,93 @@
+"""One training step of the quickstart-sized model: two-scale attention against single scale.
+
+The quickstart's model and training settings (`keras_msattn.quickstart.
+quickstart_config`: MobileNetV2 x0.35, output stride 16, 16-channel heads,
+batch 8 of 128-px crops, Adam, the `1 + S` deep-supervision losses), built and
+compiled as `msattn train` does, trained on one repeated synthetic batch (the
+input pipeline costs nothing). Models: single scale, and the attention model
+with its heads on each `--head-strides` grid. After `--warmup` untimed steps,
+the models take turns in `--rounds` rounds of `--steps` steps (the order
+rotates each round); the ratio to single scale is taken round by round.
+
+    python benchmarks/train_step.py                       # heads at stride 4 and 16
+    python benchmarks/train_step.py --head-strides 4 8 16 --rounds 8 --steps 10
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--head-strides", type=int, nargs="+", default=[4, 16])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per model per round")
+    parser.add_argument("--warmup", type=int, default=3)
+    return parser.parse_args(argv)
+
+
+def build(model_overrides):
+    import keras
+    import numpy as np
+
+    from keras_msattn import training
+    from keras_msattn.config import apply_overrides, resolve_config
+    from keras_msattn.quickstart import quickstart_config
+    from keras_msattn.segmenter import output_names
+
+    config = resolve_config(apply_overrides(quickstart_config(), {"model": model_overrides}))
+    keras.utils.set_random_seed(0)
+    model = training.build_model(config)
+    training.synchronize_batchnorm(model)
+    training.compile_model(model, config)
+    rng = np.random.default_rng(0)
+    size, batch = config.crop_size, config.batch_size
+    images = rng.integers(0, 256, (batch, size, size, 3)).astype("float32")
+    labels = rng.integers(0, config.num_classes, (batch, size, size)).astype("int32")
+    return model, images, {name: labels for name in output_names(config.scales)}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    variants = {"single scale": dict(scales=(1.0,), fusion=None)}
+    for stride in args.head_strides:
+        variants[f"attention, heads at stride {stride}"] = dict(head_stride=stride)
+    models = {name: build(overrides) for name, overrides in variants.items()}
+    for model, images, labels in models.values():
+        for _ in range(args.warmup):
+            model.train_on_batch(images, labels)
+    names = list(models)
+    medians = {name: [] for name in names}
+    for round_index in range(args.rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            model, images, labels = models[name]
+            times = []
+            for _ in range(args.steps):
+                start = time.perf_counter()
+                model.train_on_batch(images, labels)
+                times.append(time.perf_counter() - start)
+            medians[name].append(statistics.median(times))
+        print(f"round {round_index + 1}/{args.rounds}", file=sys.stderr, flush=True)
+    print(
+        f"\nquickstart-sized model, batch 8 of 128 px, {args.rounds} rounds x {args.steps} "
+        f"steps, load average (1 min) at the end {os.getloadavg()[0]:.2f}"
+    )
+    print("| model | ms per step | / single scale (median of rounds) |")
+    print("|---|---|---|")
+    for name in names:
+        ratio = statistics.median(
+            a / b for a, b in zip(medians[name], medians[names[0]], strict=True)
+        )
+        print(f"| {name} | {1000 * statistics.median(medians[name]):.0f} | {ratio:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
