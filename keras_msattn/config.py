@@ -252,7 +252,12 @@ def resolve_config(config):
             "count, or fix the class list."
         )
     model["num_classes"] = info.num_classes
-    model["scales"] = tuple(float(s) for s in model["scales"])
+    scales = model["scales"]
+    if not isinstance(scales, (tuple, list)) or not all(_is_number(v) for v in scales):
+        raise ValueError(
+            f"`model.scales` must be a tuple of numbers, e.g. (1.0, 0.5); got {scales!r}."
+        )
+    model["scales"] = tuple(float(v) for v in scales)
     return dataclasses.replace(config, model=model)
 
 

@@ -71,6 +71,23 @@ def default_scale_dilations(scales):
     return tuple(dilations)
 
 
+def _check_types(scales, hypercolumn, pyramid_pooling, deep_supervision, output_stride):
+    # Values from a config file or `--set`: refuse what Python would coerce silently.
+    if not isinstance(scales, (tuple, list)) or not all(
+        isinstance(s, (int, float)) and not isinstance(s, bool) for s in scales
+    ):
+        raise ValueError(f"`scales` must be a tuple of numbers, e.g. (1.0, 0.5); got {scales!r}.")
+    for name, value in (
+        ("hypercolumn", hypercolumn),
+        ("pyramid_pooling", pyramid_pooling),
+        ("deep_supervision", deep_supervision),
+    ):
+        if not isinstance(value, bool) and not (name == "hypercolumn" and value is None):
+            raise ValueError(f"`{name}` must be True or False, got {value!r}.")
+    if not isinstance(output_stride, int) or isinstance(output_stride, bool):
+        raise ValueError(f"`output_stride` must be the integer 8 or 16, got {output_stride!r}.")
+
+
 def _check_arguments(backbone, num_classes, scales, fusion, scale_dilations, recalibration):
     if backbone not in BACKBONE_NAMES:
         raise ValueError(f"`backbone` must be one of {BACKBONE_NAMES}, got {backbone!r}.")
@@ -212,6 +229,7 @@ class MultiScaleSegmenter(keras.Model):
         input_shape=(None, None, 3),
         **kwargs,
     ):
+        _check_types(scales, hypercolumn, pyramid_pooling, deep_supervision, output_stride)
         scales = tuple(float(s) for s in scales)
         if scale_dilations not in ("auto", None):
             scale_dilations = tuple(int(d) for d in scale_dilations)

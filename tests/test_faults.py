@@ -194,6 +194,9 @@ def test_a_recipe_that_is_not_a_python_file(tmp_path, capsys):
         ("learning_rate=[0.1]", "learning_rate"),
         ("backbone_width=0", "backbone_width"),
         ("output_stride=7", "output_stride"),
+        ("output_stride='8'", "output_stride"),
+        ("scales=5", "scales"),
+        ("pyramid_pooling='yes'", "pyramid_pooling"),
     ],
 )
 def test_a_bad_set_value_is_refused_before_anything_is_written(
