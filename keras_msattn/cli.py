@@ -410,6 +410,14 @@ def main(argv=None):
         images.forget_watched()
     try:
         return args.run(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        # Every file is written whole or not at all, so nothing is left half done.
+        print(
+            f"msattn {args.command}: interrupted; no output was left half written.", file=sys.stderr
+        )
+        return 130
     except Exception as error:
         message = None if args.debug else _user_error(error)
         if message is None:

@@ -391,3 +391,19 @@ def test_a_damaged_record_in_the_run_folder_is_named(
     before = folder_digest(out)
     fails_naming(train_argv(data_dir, out), capsys, out / name, "damaged")
     assert folder_digest(out) == before
+
+
+def test_ctrl_c_in_any_command_is_one_line(finished_run, data_dir, tmp_path, capsys, monkeypatch):
+    from keras_msattn import evaluation
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "evaluate", interrupted)
+    argv = ["evaluate", str(finished_run / "model.keras"), "--dataset", "folder"]
+    code = main(argv + ["--data-dir", str(data_dir), "--split", "val"])
+    captured = capsys.readouterr()
+    assert code == 130 and "Traceback" not in captured.out + captured.err
+    assert captured.err.strip() == (
+        "msattn evaluate: interrupted; no output was left half written."
+    )
