@@ -1,0 +1,61 @@
+"""The paper-tables campaign: one record per finished run, skipped on a rerun, and a
+kill loses at most the run in progress."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--steps", "2", "--image-size", "64", "--crop-size", "64", "--test-images", "2"]
+TINY += ["--analysis-images", "2", "--batch-size", "2", "--head-channels", "4", "--seeds", "0"]
+
+
+def campaign(out, *variants, wait=True):
+    command = [sys.executable, str(ROOT / "benchmarks" / "paper_tables.py"), *TINY]
+    command += ["--out", str(out), "--variants", *variants]
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    if not wait:
+        return process
+    output, _ = process.communicate(timeout=900)
+    assert process.returncode == 0, output
+    return output
+
+
+def records(out):
+    return [json.loads(line) for line in Path(out).read_text().splitlines()]
+
+
+def test_a_killed_campaign_resumes_and_skips_what_it_recorded(tmp_path):
+    out = tmp_path / "tables.jsonl"
+    process = campaign(out, "single_scale", "average_merge", wait=False)
+    deadline = time.time() + 600
+    while not (out.exists() and out.read_text().count("\n") >= 1):
+        assert process.poll() is None, process.stdout.read()
+        assert time.time() < deadline, "no record in 10 minutes"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)  # during the second run, or just after the first
+    process.wait()
+    first = out.read_text().splitlines()[0]
+
+    output = campaign(out, "single_scale", "average_merge")
+    assert "1 already in" in output or "0 runs to do (2 already in" in output, output
+    lines = out.read_text().splitlines()
+    assert lines[0] == first  # the finished run is kept as it was
+    assert sorted(r["variant"] for r in records(out)) == ["average_merge", "single_scale"]
+    for record in records(out):
+        assert record["seed"] == 0 and record["steps"] == 2
+        assert set(record["stream_accuracy"]) >= {"1.0", "final"}
+        assert record["commit"] is None or len(record["commit"]) >= 7
+    assert "weight_0.5" not in records(out)[0]  # single scale has no attention
+
+    # Everything recorded: a rerun trains nothing and reports the pair.
+    output = campaign(out, "single_scale", "average_merge")
+    assert "0 runs to do (2 already in" in output
+    assert len(out.read_text().splitlines()) == 2
+    assert os.path.isdir(str(out)[: -len(".jsonl")] + "_runs")
