@@ -4,6 +4,7 @@ at fault is named."""
 
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -56,8 +57,6 @@ def finished_run(data_dir, tmp_path_factory):
 
 
 def _copy_tree(source, target):
-    import shutil
-
     shutil.copytree(source, target)
     return target
 
@@ -121,8 +120,6 @@ def test_a_finished_run_without_its_backup_keeps_its_config(
     finished_run, data_dir, tmp_path, capsys
 ):
     out = _copy_tree(finished_run, tmp_path / "run")
-    import shutil
-
     shutil.rmtree(out / "backup")
     before = folder_digest(out)
     err = fails_naming(
