@@ -1,7 +1,9 @@
-"""Kill a real training process with SIGKILL after its first checkpoint; the same command resumes."""
+"""Kill a real training process with SIGKILL after its second checkpoint; the same
+command resumes, from the checkpoint before when the newest one is damaged."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -23,10 +25,8 @@ def read(path):
         return json.load(f)
 
 
-def test_killed_run_resumes_where_it_stopped(tmp_path):
-    data_dir = make_fake_voc(tmp_path / "voc")["data_dir"]
-    out = tmp_path / "run"
-    # The recipe run as a script: the same command both times.
+def train_command(data_dir, out):
+    # The recipe run as a script: the same command every time.
     command = [
         sys.executable,
         str(ROOT / "recipes" / "voc2012_vgg16_largefov.py"),
@@ -47,85 +47,19 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
         "steps_per_epoch=1",
     ]:
         command += ["--set", value]
+    return command
+
+
+def rerun(command):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("MSATTN_LOGICAL_CPUS", None)
-    metadata = out / "backup" / "training_metadata.json"
-
-    first = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while not metadata.exists():
-            assert first.poll() is None, (
-                f"training ended before its first checkpoint:\n{first.stdout.read()}"
-            )
-            assert time.monotonic() < deadline, "no checkpoint after 240 s"
-            time.sleep(0.05)
-        first.kill()  # SIGKILL: no cleanup of any kind
-        first_log = first.communicate(timeout=60)[0]
-    finally:
-        if first.poll() is None:
-            first.kill()
-    assert first.returncode == -9, first_log
-    saved_epoch = read(metadata)["epoch"]
-    assert 1 <= saved_epoch < STEPS, f"the first run finished before it was killed:\n{first_log}"
-    killed_history = read(out / "history.json")
-    config = (out / "config.json").read_text()
-    # What the first run wrote is whole: best.keras loads.
-    keras.saving.load_model(out / "best.keras", safe_mode=True)
-
-    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    log = second.stdout + second.stderr
-    assert second.returncode == 0, log
-    assert f"resuming from {out / 'backup'}: epoch {saved_epoch}, step {saved_epoch}" in log
-    # Only the remaining epochs ran (verbose=2 prints one "Epoch k/N" line per epoch).
-    assert f"Epoch {saved_epoch + 1}/{STEPS}" in log and f"Epoch {saved_epoch}/{STEPS}" not in log
-    assert f"finished at step {STEPS} of {STEPS}" in log
-
-    history = read(out / "history.json")
-    assert [(e["epoch"], e["step"]) for e in history] == [(k, k) for k in range(1, STEPS + 1)]
-    # The epochs before the kill are the first run's records, untouched.
-    assert history[:saved_epoch] == killed_history[:saved_epoch]
-    assert (out / "config.json").read_text() == config
-    assert read(metadata)["epoch"] == STEPS
-    best = read(out / "best.json")
-    assert best["value"] == max(e["val_miou"] for e in history)
-    assert not [
-        name for _, _, files in os.walk(out) for name in files if name.startswith(TEMPORARY_PREFIX)
-    ]
-    model = keras.saving.load_model(out / "model.keras", safe_mode=True)
-    assert model.predict(np.zeros((1, 64, 64, 3), "uint8"), verbose=0).shape == (1, 64, 64, 21)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    return result.returncode, result.stdout + result.stderr
 
 
-def test_damaged_newest_checkpoint_resumes_from_the_previous_one(tmp_path):
-    """SIGKILL after two epochs, cut the newest checkpoint short: the rerun reports it,
-    resumes from the epoch before and finishes; with both damaged it stops, naming them."""
-    data_dir = make_fake_voc(tmp_path / "voc")["data_dir"]
-    out = tmp_path / "run"
-    command = [
-        sys.executable,
-        str(ROOT / "recipes" / "voc2012_vgg16_largefov.py"),
-        "--variant", "single_scale",
-        "--data-dir", data_dir,
-        "--out", str(out),
-    ]  # fmt: skip
-    for value in [
-        'backbone="mobilenet_v2"',
-        "backbone_width=0.35",
-        "backbone_weights=None",
-        "head_channels=8",
-        "crop_size=64",
-        "val_size=64",
-        "val_images=1",
-        "batch_size=2",
-        f"steps={STEPS}",
-        "steps_per_epoch=1",
-    ]:
-        command += ["--set", value]
+def kill_after_second_checkpoint(command, metadata):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("MSATTN_LOGICAL_CPUS", None)
-    metadata = out / "backup" / "training_metadata.json"
 
     def saved_epoch():
         try:
@@ -142,41 +76,78 @@ def test_damaged_newest_checkpoint_resumes_from_the_previous_one(tmp_path):
             assert first.poll() is None, f"training ended early:\n{first.stdout.read()}"
             assert time.monotonic() < deadline, "no second checkpoint after 240 s"
             time.sleep(0.02)
-        first.kill()
-        first_log = first.communicate(timeout=60)[0]
+        first.kill()  # SIGKILL: no cleanup of any kind
+        log = first.communicate(timeout=60)[0]
     finally:
         if first.poll() is None:
             first.kill()
+    assert first.returncode == -9, log
+    return log
+
+
+def assert_finished(out, log):
+    assert f"finished at step {STEPS} of {STEPS}" in log
+    history = read(out / "history.json")
+    assert [(e["epoch"], e["step"]) for e in history] == [(k, k) for k in range(1, STEPS + 1)]
+    assert read(out / "backup" / "training_metadata.json")["epoch"] == STEPS
+    best = read(out / "best.json")
+    assert best["value"] == max(e["val_miou"] for e in history)
+    assert not [
+        name for _, _, files in os.walk(out) for name in files if name.startswith(TEMPORARY_PREFIX)
+    ]
+    return history
+
+
+def test_a_killed_run_resumes_where_it_stopped_or_from_the_checkpoint_before(tmp_path):
+    data_dir = make_fake_voc(tmp_path / "voc")["data_dir"]
+    out = tmp_path / "run"
+    metadata = out / "backup" / "training_metadata.json"
+    first_log = kill_after_second_checkpoint(train_command(data_dir, out), metadata)
     index = read(metadata)
     newest, previous = index["epoch"], index["previous"]["epoch"]
     assert 2 <= newest < STEPS and previous == newest - 1, first_log
-    backup = out / "backup"
+    killed_history = read(out / "history.json")
+    config = (out / "config.json").read_text()
+    # What the first run wrote is whole: best.keras loads.
+    keras.saving.load_model(out / "best.keras", safe_mode=True)
+    damaged_out = shutil.copytree(out, tmp_path / "damaged")
+
+    # 1. The same command resumes from the newest checkpoint and runs only the rest.
+    status, log = rerun(train_command(data_dir, out))
+    assert status == 0, log
+    assert f"resuming from {out / 'backup'}: epoch {newest}, step {newest}" in log
+    # verbose=2 prints one "Epoch k/N" line per epoch.
+    assert f"Epoch {newest + 1}/{STEPS}" in log and f"Epoch {newest}/{STEPS}" not in log
+    history = assert_finished(out, log)
+    # The epochs before the kill are the first run's records, untouched.
+    assert history[:newest] == killed_history[:newest]
+    assert (out / "config.json").read_text() == config
+    model = keras.saving.load_model(out / "model.keras", safe_mode=True)
+    assert model.predict(np.zeros((1, 64, 64, 3), "uint8"), verbose=0).shape == (1, 64, 64, 21)
+
+    # 2. The newest checkpoint cut short: the rerun names it and resumes from the one before.
+    backup = damaged_out / "backup"
     assert sorted(p.name for p in backup.glob("*.weights.h5")) == [
         f"epoch-{previous:04d}.weights.h5",
         f"epoch-{newest:04d}.weights.h5",
     ]
     newest_file = backup / index["weights"]
     truncate_file(newest_file, keep=os.path.getsize(newest_file) // 2)
-
-    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    log = second.stdout + second.stderr
-    assert second.returncode == 0, log
+    status, log = rerun(train_command(data_dir, damaged_out))
+    assert status == 0, log
     assert "Traceback" not in log
     assert f"checkpoint {newest_file}: damaged" in log
     assert f"resuming from {backup}: epoch {previous}, step {previous}" in log
     assert f"Epoch {previous + 1}/{STEPS}" in log and f"Epoch {previous}/{STEPS}" not in log
-    assert f"finished at step {STEPS} of {STEPS}" in log
-    history = read(out / "history.json")
-    assert [(e["epoch"], e["step"]) for e in history] == [(k, k) for k in range(1, STEPS + 1)]
+    history = assert_finished(damaged_out, log)
 
-    # Both generations damaged: stop with exit 2, naming both files; never start over.
-    index = read(metadata)
+    # 3. Both generations damaged: stop with exit 2, naming both files; never start over.
+    index = read(backup / "training_metadata.json")
     damaged = [backup / index["weights"], backup / index["previous"]["weights"]]
     for path in damaged:
         truncate_file(path, keep=100)
-    third = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    log = third.stdout + third.stderr
-    assert third.returncode == 2, log
+    status, log = rerun(train_command(data_dir, damaged_out))
+    assert status == 2, log
     assert "Traceback" not in log and "no usable checkpoint" in log
     assert all(str(path) in log for path in damaged), log
-    assert read(out / "history.json") == history
+    assert read(damaged_out / "history.json") == history
