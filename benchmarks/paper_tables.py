@@ -71,6 +71,9 @@ VARIANTS = {
     # The edge model's cheaper heads (docs/performance.md): the merge on the stride-16
     # grid of the 1x input instead of the paper's stride 4.
     "full_heads_stride16": dict(_FULL, head_stride=16),
+    # Scores finer than the output stride (docs/results.md, "How fine the output can be").
+    "full_refined_scores": dict(_FULL, score_refinement=True),
+    "full_refined_scores_bounded_gate": dict(_FULL, score_refinement=True, attention_bound=4.0),
 }
 LABELS = {
     "single_scale": "single scale (DeepLab-LargeFOV)",
@@ -84,6 +87,8 @@ LABELS = {
     "full_dilations_reversed": "full, dilations 2 (1x) / 12 (0.5x)",
     "full_bounded_gate": "full, attention softmax(4 tanh(z / 4))",
     "full_heads_stride16": "full, heads on the stride-16 grid",
+    "full_refined_scores": "full, scores refined from the hypercolumn",
+    "full_refined_scores_bounded_gate": "full, refined scores, bounded attention",
 }
 # PASCAL VOC 2012 val mIoU (%), VGG16, scales 1x and 0.5x (Tables 1 and 2). The
 # paper has no PSP row on VOC; on ADE20K (Table 3) PSP adds 1.14 to its model.
@@ -99,6 +104,8 @@ PAPER_VOC = {
     "full_dilations_reversed": None,
     "full_bounded_gate": None,
     "full_heads_stride16": None,
+    "full_refined_scores": None,
+    "full_refined_scores_bounded_gate": None,
 }
 METRICS = ("miou", "miou_small", "miou_medium", "miou_large")
 
@@ -389,6 +396,8 @@ PAIRS = (
     ("full_bounded_gate", "full"),
     ("full_dilations_reversed", "full"),
     ("full_heads_stride16", "full"),
+    ("full_refined_scores", "full"),
+    ("full_refined_scores_bounded_gate", "full_refined_scores"),
 )
 
 

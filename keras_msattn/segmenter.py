@@ -196,6 +196,12 @@ class MultiScaleSegmenter(keras.Model):
         head_stride: the grid `fusion="attention"` merges on, as a stride of the
             1x input: 4 (the paper: "after two pooling operations"), 8 or 16. A
             coarser grid costs the heads 4x or 16x fewer pixels (docs/performance.md).
+        score_refinement: beyond the paper, for `fusion="attention"`: each scale's
+            score map on the head grid adds a 1x1 conv (shared by the scales) of
+            that scale's dilated hypercolumn features. The paper's `P^s` come from
+            the last stage alone, so no output is finer than `output_stride`; small
+            objects a few strides wide are then lost whatever the attention does
+            (docs/results.md, "How fine the output can be").
         input_shape: `(H, W, 3)`; `H` and `W` may be `None`.
 
     Only `fusion="attention"` reads `hypercolumn`, `scale_dilations` and
@@ -226,10 +232,13 @@ class MultiScaleSegmenter(keras.Model):
         head_channels=None,
         attention_bound=None,
         head_stride=4,
+        score_refinement=False,
         input_shape=(None, None, 3),
         **kwargs,
     ):
         _check_types(scales, hypercolumn, pyramid_pooling, deep_supervision, output_stride)
+        if not isinstance(score_refinement, bool):
+            raise ValueError(f"`score_refinement` must be True or False, got {score_refinement!r}.")
         scales = tuple(float(s) for s in scales)
         if scale_dilations not in ("auto", None):
             scale_dilations = tuple(int(d) for d in scale_dilations)
@@ -260,6 +269,11 @@ class MultiScaleSegmenter(keras.Model):
                 raise ValueError(
                     f"`head_stride`={head_stride!r} has no effect with fusion={fusion!r}: only "
                     "fusion='attention' runs its heads on a grid of its own. Leave it out."
+                )
+            if score_refinement:
+                raise ValueError(
+                    f"`score_refinement`=True has no effect with fusion={fusion!r}: only "
+                    "fusion='attention' has the per-scale hypercolumn features it reads."
                 )
             # Stored as None: the saved config says only what the model computes.
             hypercolumn, scale_dilations, recalibration, head_stride = None, None, None, None
@@ -373,6 +387,14 @@ class MultiScaleSegmenter(keras.Model):
                 ResizeToReference(name=f"scale_{scale}_logits_to_grid")([scores, grid])
                 for scale, scores in zip(scales, scale_scores, strict=True)
             ]
+            if score_refinement:
+                refinement = layers.Conv2D(num_classes, 1, name="score_refinement")
+                scores_on_grid = [
+                    layers.Add(name=f"scale_{scale}_refined_logits")([scores, refinement(features)])
+                    for scale, scores, features in zip(scales, scores_on_grid, dilated, strict=True)
+                ]
+                # Each stream's own loss (deep supervision) then trains its refined scores.
+                scale_scores = scores_on_grid
             final_on_grid = ScaleFusion(
                 "weighted_sum", recalibration=recalibration, name="scale_fusion", dtype="float32"
             )(scores_on_grid, scale_weights=scale_weights, recalibration=recalibration_map)
@@ -431,6 +453,7 @@ class MultiScaleSegmenter(keras.Model):
         self.head_channels = head_channels
         self.attention_bound = None if attention_bound is None else float(attention_bound)
         self.head_stride = head_stride
+        self.score_refinement = score_refinement
         self.image_shape = input_shape
 
     def __call__(self, inputs, *args, **kwargs):
@@ -470,6 +493,8 @@ class MultiScaleSegmenter(keras.Model):
             outputs = {"scale_logits": {}}
             for scale in self.scales:
                 name = f"scale_{scale}_logits_to_grid" if len(self.scales) > 1 else "classifier"
+                if self.score_refinement:
+                    name = f"scale_{scale}_refined_logits"
                 outputs["scale_logits"][str(scale)] = self.get_layer(name).output
             layer_names = {layer.name for layer in self.layers}
             for key in ("scale_weights", "recalibration"):
@@ -508,6 +533,7 @@ class MultiScaleSegmenter(keras.Model):
                 "head_channels": self.head_channels,
                 "attention_bound": self.attention_bound,
                 "head_stride": self.head_stride,
+                "score_refinement": self.score_refinement,
                 "input_shape": self.image_shape,
             }
         )

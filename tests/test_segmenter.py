@@ -393,3 +393,42 @@ def test_head_stride_is_checked_and_only_for_the_paper_attention():
         tiny(fusion="average", head_stride=16)
     assert tiny(fusion="average").get_config()["head_stride"] is None
     assert tiny().get_config()["head_stride"] == 4  # the paper's grid
+
+
+def test_refined_scores_add_a_shared_conv_of_each_scales_hypercolumn(tmp_path):
+    model = tiny(score_refinement=True, deep_supervision=True)
+    images = random_images(1, 64, 64)
+    names = []
+    for scale in model.scales:
+        names += [f"scale_{scale}_logits_to_grid", f"scale_{scale}_dilated_conv"]
+        names += [f"scale_{scale}_refined_logits"]
+    values = [np.asarray(v) for v in probe(model, names)(images)]
+    kernel, bias = (np.asarray(w) for w in model.get_layer("score_refinement").weights)
+    for index in range(len(model.scales)):
+        on_grid, features, refined = values[3 * index : 3 * index + 3]
+        # P^s on the stride-4 grid plus one 1x1 conv, the same for every scale.
+        expected = on_grid + features @ kernel[0, 0] + bias
+        np.testing.assert_allclose(refined, expected, rtol=1e-4, atol=1e-4)
+    # The streams' own outputs (1+S losses) and attention_maps are the refined scores.
+    maps = model.attention_maps(images)["scale_logits"]
+    np.testing.assert_allclose(maps[1.0], values[2], atol=1e-5)
+    outputs = model(images)
+    grid_to_input = keras.layers.Resizing(64, 64, interpolation="bilinear")
+    np.testing.assert_allclose(
+        np.asarray(outputs["scale_0.5"]), np.asarray(grid_to_input(values[5])), atol=1e-4
+    )
+    path = str(tmp_path / "refined.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path, safe_mode=True)
+    assert restored.get_config()["score_refinement"] is True
+    np.testing.assert_allclose(
+        np.asarray(restored(images)["final"]), np.asarray(outputs["final"]), atol=1e-5
+    )
+
+
+def test_score_refinement_is_checked_and_only_for_the_paper_attention():
+    with pytest.raises(ValueError, match="`score_refinement` must be True or False"):
+        tiny(score_refinement="yes")
+    with pytest.raises(ValueError, match="`score_refinement`=True has no effect"):
+        tiny(fusion="max", score_refinement=True)
+    assert tiny().get_config()["score_refinement"] is False  # the paper's scores
