@@ -98,9 +98,12 @@ def test_sgd_decoder_update_is_ten_times_the_backbone_update_in_fit():
     ):
         rate = np.float32(lr) * np.float32(1.0 if member else 10.0)
         np.testing.assert_allclose(variable.numpy(), w0 - rate * g, rtol=1e-6, atol=1e-7)
-        ratio = (w0 - variable.numpy()) / g
-        significant = np.abs(g) > 1e-3
-        np.testing.assert_allclose(ratio[significant], rate, rtol=1e-4)
+        # The ratio where the update is large against float32 rounding of the
+        # weight (a tolerance in gradient alone depends on the initial weights).
+        update = w0 - variable.numpy()
+        significant = np.abs(update) > 2000 * np.spacing(np.abs(w0))
+        assert significant.any()
+        np.testing.assert_allclose(update[significant] / g[significant], rate, rtol=1e-3)
 
 
 def test_adam_first_step_is_ten_times_larger_for_the_decoder():
@@ -114,9 +117,15 @@ def test_adam_first_step_is_ten_times_larger_for_the_decoder():
     for variable, w0, g, member in zip(
         model.trainable_variables, before, grads, backbone_mask(model), strict=True
     ):
-        step = np.abs(w0 - variable.numpy())[np.abs(g) > 1e-3]
-        # Adam's first step is lr * g / (|g| + eps'), i.e. about lr per entry.
-        np.testing.assert_allclose(step, lr * (1.0 if member else 10.0), rtol=2e-3)
+        # Adam's first step is lr * g / (|g| + eps'), eps' = eps / sqrt(1 - beta_2):
+        # about lr per entry, exactly this formula.
+        rate = lr * (1.0 if member else 10.0)
+        eps = optimizer.epsilon / np.sqrt(1.0 - optimizer.beta_2)
+        considered = np.abs(g) > 1e-4
+        assert considered.any()
+        step = np.abs(w0 - variable.numpy())[considered]
+        expected = rate * np.abs(g[considered]) / (np.abs(g[considered]) + eps)
+        np.testing.assert_allclose(step, expected, rtol=1e-3)
 
 
 def standalone_variables():
