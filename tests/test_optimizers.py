@@ -101,9 +101,9 @@ def test_sgd_decoder_update_is_ten_times_the_backbone_update_in_fit():
         # The ratio where the update is large against float32 rounding of the
         # weight (a tolerance in gradient alone depends on the initial weights).
         update = w0 - variable.numpy()
-        significant = np.abs(update) > 2000 * np.spacing(np.abs(w0))
+        significant = np.abs(update) > 20000 * np.spacing(np.abs(w0))
         assert significant.any()
-        np.testing.assert_allclose(update[significant] / g[significant], rate, rtol=1e-3)
+        np.testing.assert_allclose(update[significant] / g[significant], rate, rtol=1e-4)
 
 
 def test_adam_first_step_is_ten_times_larger_for_the_decoder():
