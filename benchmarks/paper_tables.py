@@ -127,6 +127,7 @@ def parse_args(argv=None):
         default=100,
         help="test images for the attention and per-stream accuracy by digit size",
     )
+    parser.add_argument("--output-stride", type=int, default=16, choices=(8, 16, 32))
     parser.add_argument("--backbone-width", type=float, default=0.35)
     parser.add_argument("--head-channels", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -159,6 +160,7 @@ def settings(args):
         "steps": args.steps,
         "image_size": args.image_size,
         "crop_size": args.crop_size,
+        "output_stride": args.output_stride,
         "test_images": args.test_images,
         "backbone_width": args.backbone_width,
         "head_channels": args.head_channels,
@@ -173,7 +175,10 @@ def run_config(args, variant, seed):
 
     overrides = dict(
         model=dict(
-            VARIANTS[variant], backbone_width=args.backbone_width, head_channels=args.head_channels
+            VARIANTS[variant],
+            backbone_width=args.backbone_width,
+            head_channels=args.head_channels,
+            output_stride=args.output_stride,
         ),
         # The seed picks the model's initialization, the training images and their order.
         dataset_options={"image_size": args.image_size, "image_seed": seed},
@@ -214,9 +219,15 @@ def append_record(path, record):
         os.fsync(f.fileno())
 
 
+# Settings added after the first records were written, with the value those records had.
+SETTING_DEFAULTS = {"output_stride": 16}
+
+
 def matching(records, args):
     wanted = settings(args)
-    return [r for r in records if all(r.get(k) == v for k, v in wanted.items())]
+    return [
+        r for r in records if all(r.get(k, SETTING_DEFAULTS.get(k)) == v for k, v in wanted.items())
+    ]
 
 
 def runs_dir(out):
@@ -275,7 +286,9 @@ def train_and_evaluate(args, variant, seed):
 
     config = run_config(args, variant, seed)
     out_dir = os.path.join(
-        runs_dir(args.out), f"{variant}-seed{seed}-{args.steps}steps-{args.image_size}px"
+        runs_dir(args.out),
+        f"{variant}-seed{seed}-{args.steps}steps-{args.image_size}px-"
+        f"crop{args.crop_size}-os{args.output_stride}",
     )
     # A run not in the JSON lines starts over, so its training time is a whole run's.
     shutil.rmtree(out_dir, ignore_errors=True)
