@@ -56,3 +56,17 @@ def test_quickstart_writes_model_exports_figures_and_report(tmp_path):
     assert f"{summary['int8_argmax_agreement']:.2%}" in report
     assert "latency, 1 LiteRT thread |" in report and "2 threads" not in report
     assert int8["flex_ops"] == [] and int8["samples"]["count"] == 4
+    # The unseen split is scored too, on its own images: the confusion matrix is
+    # that of the saved model's predictions on the first 6 unseen images.
+    from keras_msattn.data import scale_digits
+    from keras_msattn.inference import batch_logits, load_segmenter
+
+    unseen = scores["unseen"]
+    examples = [scale_digits.generate("unseen", i, image_seed=0) for i in range(6)]
+    images = np.stack([example[0] for example in examples])
+    labels = np.stack([example[1] for example in examples])
+    predictions = batch_logits(load_segmenter(str(out / "model.keras")), images).argmax(-1)
+    expected = np.bincount(labels.ravel() * 11 + predictions.ravel(), minlength=121)
+    np.testing.assert_array_equal(np.asarray(unseen["confusion_matrix"]).ravel(), expected)
+    assert summary["unseen_miou"] == unseen["miou"]
+    assert f"| mIoU | {scores['miou']:.3f} | {unseen['miou']:.3f} |" in report

@@ -1,3 +1,4 @@
+import hashlib
 import socket
 import time
 
@@ -25,7 +26,8 @@ def test_photos_load_without_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     sd._load_photo_cached.cache_clear()
-    for name in sd.PHOTOS:
+    assert not set(sd.PHOTOS) & set(sd.UNSEEN_PHOTOS)
+    for name in sd.PHOTOS + sd.UNSEEN_PHOTOS:
         photo = sd.load_photo(name)
         assert photo.dtype == np.uint8 and photo.ndim == 3 and photo.shape[2] == 3
         assert min(photo.shape[:2]) >= 256, name
@@ -43,13 +45,15 @@ def test_info():
     assert info.num_classes == 11
     assert info.class_names == ("background",) + tuple(str(d) for d in range(10))
     assert info.ignore_label == 255
-    assert info.splits == ("train", "val", "test")
+    assert info.splits == ("train", "val", "test", "unseen")
     assert info.image_size == 192
-    assert info.num_images == {"train": 100_000, "val": 200, "test": 500}
+    assert info.num_images == {"train": 100_000, "val": 200, "test": 500, "unseen": 500}
 
 
 def test_splits_are_disjoint_stratified_and_fixed():
-    parts = {split: sd.split_sample_indices(split) for split in sd.SPLITS}
+    parts = {split: sd.split_sample_indices(split) for split in ("train", "val", "test")}
+    # The generalisation split draws the test split's digits: none seen in training.
+    np.testing.assert_array_equal(sd.split_sample_indices("unseen"), parts["test"])
     all_indices = np.concatenate(list(parts.values()))
     assert len(all_indices) == len(np.unique(all_indices)) == 1797
     assert {s: len(p) for s, p in parts.items()} == {"train": 1258, "val": 269, "test": 270}
@@ -297,6 +301,10 @@ def test_bad_arguments():
         sd.load("val", num_images=0)
     with pytest.raises(ValueError, match="index"):
         sd.generate("val", -1)
+    with pytest.raises(ValueError, match="variety must be one of"):
+        sd.load("train", variety="wild")
+    with pytest.raises(ValueError, match="'unseen' split has fixed rules"):
+        sd.load("unseen", variety="broad")
 
 
 def test_generation_is_fast():
@@ -321,3 +329,120 @@ def test_seed_shuffles_the_order_and_image_seed_chooses_the_images():
     assert sorted(shuffled) == sorted(plain) and shuffled != plain  # same images, new order
     assert stems(shuffle=True, seed=5) == shuffled  # seeded
     assert stems(image_seed=1) != plain and sorted(stems(image_seed=1)) != sorted(plain)
+
+
+# === Varieties and the "unseen" generalisation split ===
+
+
+def test_standard_images_are_those_the_published_results_used():
+    # A digest of the standard rules' output before the other varieties existed:
+    # adding rules must not change a single byte of the images results were measured on.
+    digest = hashlib.sha256()
+    for split in ("train", "val", "test"):
+        for i in range(3):
+            image, label, size_map, _ = sd.generate(split, i, image_seed=1, image_size=96)
+            digest.update(image.tobytes() + label.tobytes() + size_map.tobytes())
+    assert digest.hexdigest() == (
+        "6ea9f63df82198675560fcfe11cec5fce677520fa0c8746c4ad33b98cf8dfe2f"
+    )
+
+
+@pytest.mark.parametrize(("split", "variety"), [("train", "broad"), ("unseen", "standard")])
+def test_other_rules_are_deterministic_and_new(split, variety):
+    a = sd.generate(split, 5, image_seed=2, variety=variety)
+    b = sd.generate(split, 5, image_seed=2, variety=variety)
+    assert all(np.array_equal(x, y) for x, y in zip(a[:3], b[:3], strict=True)) and a[3] == b[3]
+    assert not np.array_equal(a[0], sd.generate(split, 6, image_seed=2, variety=variety)[0])
+    if split == "train":
+        assert not np.array_equal(a[0], sd.generate("train", 5, image_seed=2)[0])
+    from_tf_data = next(iter(sd.load(split, image_seed=2, num_images=6, variety=variety).skip(5)))
+    np.testing.assert_array_equal(from_tf_data[0].numpy(), a[0])
+    np.testing.assert_array_equal(from_tf_data[1].numpy(), a[1])
+
+
+def _draw(monkeypatch, split, variety, count=40):
+    """`count` images of split and variety, with the photos and slants they used."""
+    photos, slants = set(), []
+    load_photo, digit_mask = sd._photo, sd._digit_mask
+
+    def recording_photo(name):
+        photos.add(name)
+        return load_photo(name)
+
+    def recording_mask(sample_index, height, width_factor=1.0, slant=0.0):
+        slants.append(slant)
+        return digit_mask(sample_index, height, width_factor, slant)
+
+    monkeypatch.setattr(sd, "_photo", recording_photo)
+    monkeypatch.setattr(sd, "_digit_mask", recording_mask)
+    examples = [sd.generate(split, i, image_seed=3, variety=variety) for i in range(count)]
+    monkeypatch.undo()
+    return examples, photos, np.array(slants)
+
+
+def _touching_share(examples):
+    """Share of digits after the first whose box is within 1 px of an earlier one's."""
+
+    def near(a, b):
+        rows = max(a["top"], b["top"]) - min(a["top"] + a["height"], b["top"] + b["height"])
+        cols = max(a["left"], b["left"]) - min(a["left"] + a["width"], b["left"] + b["width"])
+        return max(rows, cols) in (0, 1) and min(rows, cols) < 0
+
+    later = [(d, digits[:k]) for *_, digits in examples for k, d in enumerate(digits) if k]
+    return np.mean([any(near(d, e) for e in earlier) for d, earlier in later])
+
+
+def _cut_share(examples, image_size=192):
+    digits = [d for *_, ds in examples for d in ds]
+    return np.mean(
+        [
+            d["top"] < 0
+            or d["left"] < 0
+            or d["top"] + d["height"] > image_size
+            or d["left"] + d["width"] > image_size
+            for d in digits
+        ]
+    )
+
+
+def test_the_unseen_split_uses_photos_and_rules_training_never_uses(monkeypatch):
+    drawn = {
+        (split, variety): _draw(monkeypatch, split, variety)
+        for split, variety in (("train", "standard"), ("train", "broad"), ("unseen", "standard"))
+    }
+    fills = {key: {d["fill"] for *_, ds in ex for d in ds} for key, (ex, _, _) in drawn.items()}
+
+    for key in (("train", "standard"), ("train", "broad")):
+        examples, photos, slants = drawn[key]
+        assert photos <= set(sd.PHOTOS), key
+        assert (slants == 0).all(), key
+        assert _touching_share(examples) < 0.25, key
+    unseen, unseen_photos, unseen_slants = drawn["unseen", "standard"]
+    assert unseen_photos <= set(sd.UNSEEN_PHOTOS) and len(unseen_photos) >= 3
+    assert fills["train", "standard"] == {"texture"}
+    assert fills["train", "broad"] == {"texture", "flat"}
+    assert fills["unseen", "standard"] == {"gradient"}
+    assert ((np.abs(unseen_slants) >= 0.25) & (np.abs(unseen_slants) <= 0.5)).all()
+    assert (unseen_slants > 0).any() and (unseen_slants < 0).any()
+    assert _touching_share(unseen) > 0.6
+    # Only the broad variety cuts digits by the border.
+    assert _cut_share(drawn["train", "standard"][0]) == 0 and _cut_share(unseen) == 0
+    assert 0.2 < _cut_share(drawn["train", "broad"][0]) < 0.4
+    for examples, _, _ in drawn.values():
+        for _, label, size_map, _ in examples:
+            np.testing.assert_array_equal(size_map > 0, label > 0)
+
+
+def test_the_unseen_split_keeps_the_sizes_and_digits_of_the_test_split():
+    test_samples = set(sd.split_sample_indices("test").tolist())
+
+    def buckets(split):
+        digits = [d for i in range(150) for d in sd.generate(split, i, image_seed=1)[3]]
+        assert {d["sample_index"] for d in digits} <= test_samples
+        for d in digits:
+            assert d["bucket"] == sd.size_bucket(d["height"])
+        return np.bincount([d["bucket"] for d in digits], minlength=4)[1:] / len(digits)
+
+    unseen, test = buckets("unseen"), buckets("test")
+    np.testing.assert_allclose(unseen, test, atol=0.06)
+    assert (unseen > 0.15).all(), unseen

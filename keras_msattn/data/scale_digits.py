@@ -39,7 +39,20 @@ Splits: the 1,797 samples are partitioned once, stratified by digit, into
 disjoint train / val / test sets (70 / 15 / 15 %, fixed, independent of the
 seed); `split_sample_indices` returns them. Images of a split use only its
 samples. Default image counts are `DEFAULT_NUM_IMAGES` (train 100,000, val
-200, test 500); a fixed count makes evaluation deterministic.
+200, test 500, unseen 500); a fixed count makes evaluation deterministic.
+
+Varieties and the "unseen" split. The rules above are ``variety="standard"``.
+``variety="broad"`` (train / val / test) widens them: half the digits get a
+flat, noisy colour instead of a texture; each digit's width is scaled by
+0.75-1.33x and its strokes drawn as they are, 1 px bolder or 1 px thinner;
+30 % of digits are cut by one border (10-50 % of the box outside); and
+the whole image gets a random gain per channel, contrast and brightness.
+The fourth split, ``"unseen"``, measures generalisation with what neither
+variety ever uses: the photographs `UNSEEN_PHOTOS` (bundled with scikit-image,
+never in `PHOTOS`), two-colour gradient fills, slanted digits (shear 0.25-0.5
+either way), digits placed touching one another, and a blurred, noisy image
+with another tone curve. It draws the test split's digit samples, with the
+same sizes and counts as the other splits.
 
 Size buckets (`size_bucket`, by the height in px of the digit's mask):
 ``"small"`` below ``image_size / 6`` (32 px at 192), ``"large"`` above
@@ -87,9 +100,10 @@ NAME = "scale_digits"
 CLASS_NAMES = ("background", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9")
 NUM_CLASSES = len(CLASS_NAMES)
 IGNORE_LABEL = 255
-SPLITS = ("train", "val", "test")
-SPLIT_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
-DEFAULT_NUM_IMAGES = {"train": 100_000, "val": 200, "test": 500}
+SPLITS = ("train", "val", "test", "unseen")
+SPLIT_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}  # "unseen" draws test's digits
+DEFAULT_NUM_IMAGES = {"train": 100_000, "val": 200, "test": 500, "unseen": 500}
+VARIETIES = ("standard", "broad")
 DEFAULT_IMAGE_SIZE = 192
 SIZE_BUCKETS = ("small", "medium", "large")  # size-map values 1, 2, 3
 
@@ -109,6 +123,8 @@ PHOTOS = (
     "motorcycle",  # left view of skimage.data.stereo_motorcycle()
     "rocket",
 )
+# Bundled photographs that only the "unseen" split uses, never train / val / test.
+UNSEEN_PHOTOS = ("cell", "clock", "hubble_deep_field", "retina")
 
 # Heights and bucket thresholds as fractions of the image size.
 MIN_HEIGHT_FRACTION = 1 / 16
@@ -118,7 +134,7 @@ LARGE_ABOVE_FRACTION = 1 / 2
 MIN_COLOR_DISTANCE = 110.0  # RGB Euclidean, between digit and background means
 MIN_DIGITS, MAX_DIGITS = 1, 5
 
-_SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+_SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "unseen": 3}
 _STREAM = 0x5CA1ED  # keeps these random streams apart from other uses of the seed
 _GLYPH_SIZE = 80  # canonical resolution of a smoothed glyph, px
 _GLYPH_SIGMA = 2.0
@@ -169,7 +185,7 @@ def _split_indices():
     # Stratified by digit, fixed for all seeds: the split is a property of the dataset.
     _, targets = _digits()
     rng = np.random.default_rng([_STREAM, 1797])
-    parts = {split: [] for split in SPLITS}
+    parts = {split: [] for split in SPLIT_FRACTIONS}
     for digit in range(10):
         members = rng.permutation(np.flatnonzero(targets == digit))
         n_train = round(len(members) * SPLIT_FRACTIONS["train"])
@@ -181,15 +197,20 @@ def _split_indices():
 
 
 def split_sample_indices(split):
-    """Indices into ``sklearn.datasets.load_digits()`` that `split` draws digits from."""
+    """Indices into ``sklearn.datasets.load_digits()`` that `split` draws digits from
+    ("unseen" draws the test split's)."""
     _check_split(split)
-    return _split_indices()[split].copy()
+    return _split_indices()[_sample_split(split)].copy()
+
+
+def _sample_split(split):
+    return "test" if split == "unseen" else split
 
 
 def load_photo(name):
-    """One of `PHOTOS` as a uint8 RGB array (grey photographs repeated to 3 channels)."""
-    if name not in PHOTOS:
-        raise ValueError(f"photo must be one of {PHOTOS}, got {name!r}")
+    """One of `PHOTOS` or `UNSEEN_PHOTOS` as a uint8 RGB array (grey ones repeated to RGB)."""
+    if name not in PHOTOS + UNSEEN_PHOTOS:
+        raise ValueError(f"photo must be one of {PHOTOS + UNSEEN_PHOTOS}, got {name!r}")
     return _photo(name)
 
 
@@ -318,12 +339,21 @@ def _background(rng, photo, image_size):
     return image[:, ::-1] if rng.random() < 0.5 else image
 
 
-def _digit_mask(sample_index, height):
+def _digit_mask(sample_index, height, width_factor=1.0, slant=0.0):
     glyph, threshold = _glyph(sample_index)
     scale = height / glyph.shape[0]
     out_h = max(2, round(glyph.shape[0] * scale))
-    out_w = max(2, round(glyph.shape[1] * scale))
+    out_w = max(2, round(glyph.shape[1] * scale * width_factor))
     soft = np.asarray(Image.fromarray(glyph, mode="F").resize((out_w, out_h), Image.BILINEAR))
+    if slant:
+        # x_in = x_out + slant * y_out - offset: rows shift by `slant` px per px of height.
+        extra = int(np.ceil(abs(slant) * out_h))
+        offset = max(slant, 0.0) * out_h
+        soft = np.asarray(
+            Image.fromarray(soft, mode="F").transform(
+                (out_w + extra, out_h), Image.AFFINE, (1, slant, -offset, 0, 1, 0), Image.BILINEAR
+            )
+        )
     mask = soft >= threshold
     if scale < 1.0:
         # Shrinking averages thin strokes below the threshold: lower it until the
@@ -357,34 +387,214 @@ def _target_color(rng, reference):
     return best
 
 
-def generate(split, index, *, image_seed=0, image_size=DEFAULT_IMAGE_SIZE):
+# === Rules: how the images of a split are drawn ===
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rules:
+    photos: tuple  # backgrounds, and fill textures (always another photo than the background)
+    fills: tuple  # each digit draws one: "texture", "flat" or "gradient"
+    rendering: str  # "smooth", "varied" (stroke width, aspect ratio) or "slanted"
+    placement: str  # "inside", "inside_or_cut" (cut by the border) or "touching"
+    photometric: str  # "none", "jitter" (gain, contrast, brightness) or "blur_noise"
+
+
+# "unseen" uses photographs, fills, a rendering, a placement and a photometric
+# change that neither variety of train / val / test ever uses.
+_RULES = {
+    "standard": _Rules(PHOTOS, ("texture",), "smooth", "inside", "none"),
+    "broad": _Rules(PHOTOS, ("texture", "flat"), "varied", "inside_or_cut", "jitter"),
+    "unseen": _Rules(UNSEEN_PHOTOS, ("gradient",), "slanted", "touching", "blur_noise"),
+}
+_CUT_PROBABILITY = 0.3  # "inside_or_cut": share of digits cut by the border
+
+
+def _rules(split, variety):
+    if variety not in VARIETIES:
+        raise ValueError(f"variety must be one of {VARIETIES}, got {variety!r}")
+    if split == "unseen":
+        if variety != "standard":
+            raise ValueError(
+                "the 'unseen' split has fixed rules of its own; `variety` applies to "
+                f"train / val / test only, got variety={variety!r}"
+            )
+        return _RULES["unseen"]
+    return _RULES[variety]
+
+
+def _render(rng, rendering, sample_index, height):
+    if rendering == "smooth":
+        return _digit_mask(sample_index, height)
+    if rendering == "varied":
+        width_factor = float(np.exp(rng.uniform(np.log(0.75), np.log(1.33))))
+        stroke = int(rng.integers(3))  # as drawn, 1 px bolder, or 1 px thinner
+        mask = _digit_mask(sample_index, height, width_factor=width_factor)
+        if stroke == 1 and height >= 24:
+            mask = _pad_dilate(mask)
+        elif stroke == 2 and height >= 48:
+            from scipy.ndimage import binary_erosion
+
+            thinner = binary_erosion(mask)
+            mask = _crop_to_ink(thinner) if thinner.any() else mask
+        return mask
+    slant = float(rng.uniform(0.25, 0.5) * rng.choice((-1.0, 1.0)))
+    return _digit_mask(sample_index, height, slant=slant)
+
+
+def _pad_dilate(mask):
+    from scipy.ndimage import binary_dilation
+
+    return binary_dilation(np.pad(mask, 1))
+
+
+def _crop_to_ink(mask):
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+def _visible(top, left, h, w, image_size):
+    """(image box, mask box) slices of the part of an h x w box inside the image."""
+    t, b = max(top, 0), min(top + h, image_size)
+    lft, r = max(left, 0), min(left + w, image_size)
+    return (slice(t, b), slice(lft, r)), (slice(t - top, b - top), slice(lft - left, r - left))
+
+
+def _least_occupied(rng, label, mask, image_size, candidates):
+    """The candidate (top, left) whose visible ink covers the fewest labelled pixels."""
+    h, w = mask.shape
+    best = None
+    for _ in range(_PLACEMENT_TRIES):
+        top, left = candidates()
+        image_box, mask_box = _visible(top, left, h, w, image_size)
+        overlap = np.count_nonzero(label[image_box][mask[mask_box]])
+        if best is None or overlap < best[0]:
+            best = (overlap, top, left)
+        if overlap == 0:
+            break
+    return best[1], best[2]
+
+
+def _place(rng, placement, label, mask, image_size, placed):
+    h, w = mask.shape
+
+    def inside():
+        return int(rng.integers(0, image_size - h + 1)), int(rng.integers(0, image_size - w + 1))
+
+    if placement == "inside":
+        return _least_occupied(rng, label, mask, image_size, inside)
+    if placement == "inside_or_cut":
+        if rng.random() >= _CUT_PROBABILITY:
+            return _least_occupied(rng, label, mask, image_size, inside)
+
+        def cut():  # 10-50 % of the box lies past one of the four borders
+            top, left = inside()
+            side = int(rng.integers(4))
+            length = h if side < 2 else w
+            outside = max(1, round(rng.uniform(0.1, 0.5) * length))
+            if side == 0:
+                return -outside, left
+            if side == 1:
+                return image_size - h + outside, left
+            return top, (-outside if side == 2 else image_size - w + outside)
+
+        return _least_occupied(rng, label, mask, image_size, cut)
+    # "touching": next to a digit already placed (0-1 px apart), else anywhere inside.
+    if not placed:
+        return _least_occupied(rng, label, mask, image_size, inside)
+
+    def touching():
+        other = placed[int(rng.integers(len(placed)))]
+        gap = int(rng.integers(2))
+        side = int(rng.integers(4))
+        if side < 2:  # left or right of it, anywhere along its height
+            top = other["top"] + int(rng.integers(-h + 1, other["height"]))
+            left = other["left"] - w - gap if side == 0 else other["left"] + other["width"] + gap
+        else:  # above or below it
+            left = other["left"] + int(rng.integers(-w + 1, other["width"]))
+            top = other["top"] - h - gap if side == 2 else other["top"] + other["height"] + gap
+        if 0 <= top <= image_size - h and 0 <= left <= image_size - w:
+            return top, left
+        return inside()
+
+    return _least_occupied(rng, label, mask, image_size, touching)
+
+
+def _fill(rng, rule, mask, reference, texture_photo):
+    """RGB values for the digit's ink pixels, and their mean colour."""
+    h, w = mask.shape
+    if rule == "texture":
+        # Texture from another photograph, re-coloured away from what lies under the digit.
+        side = int(rng.uniform(0.15, 0.6) * min(texture_photo.shape[:2]))
+        texture = _random_crop(rng, texture_photo, (side, max(1, side * w // h)), w, h)
+        texture = texture.astype(np.float32)[mask]
+        color = _target_color(rng, reference)
+        contrast = rng.uniform(0.3, 0.6)
+        return (texture - texture.mean(axis=0)) * contrast + color, color
+    color = _target_color(rng, reference)
+    count = int(mask.sum())
+    if rule == "flat":
+        return color + rng.normal(0.0, rng.uniform(2.0, 12.0), size=(count, 3)), color
+    # "gradient": a linear ramp between two colours, both far from the background.
+    other = _target_color(rng, reference)
+    angle = rng.uniform(0.0, 2 * np.pi)
+    rows, cols = np.nonzero(mask)
+    ramp = rows / max(h - 1, 1) * np.sin(angle) + cols / max(w - 1, 1) * np.cos(angle)
+    ramp = (ramp - ramp.min()) / max(np.ptp(ramp), 1e-6)
+    fill = color + ramp[:, None] * (other - color) + rng.normal(0.0, 3.0, size=(count, 3))
+    return fill, (color + other) / 2
+
+
+def _photometric(rng, rule, image):
+    if rule == "none":
+        return image
+    if rule == "jitter":
+        mean = image.mean()
+        image = (image - mean) * rng.uniform(0.7, 1.3) + mean + rng.uniform(-20.0, 20.0)
+        return image * rng.uniform(0.85, 1.15, size=3)
+    # "blur_noise": a soft lens, sensor noise and another tone curve.
+    from scipy.ndimage import gaussian_filter
+
+    image = gaussian_filter(image, sigma=(rng.uniform(0.4, 0.9),) * 2 + (0,))
+    image = image + rng.normal(0.0, rng.uniform(3.0, 8.0), size=image.shape)
+    gamma = rng.uniform(0.7, 1.4)
+    return 255.0 * (np.clip(image, 0.0, 255.0) / 255.0) ** gamma
+
+
+def generate(split, index, *, image_seed=0, image_size=DEFAULT_IMAGE_SIZE, variety="standard"):
     """One ScaleDigits example, as numpy arrays.
 
     Args:
-        split: "train", "val" or "test".
+        split: "train", "val", "test" or "unseen".
         index: non-negative image index within the split.
         image_seed: non-negative integer choosing which images the split holds;
-            the same (image_seed, split, index, image_size) gives byte-identical
-            output.
+            the same (image_seed, split, index, image_size, variety) gives
+            byte-identical output.
         image_size: side of the square image in px.
+        variety: "standard" (the module docstring's rules) or "broad" (more
+            fills, renderings, placements and photometric jitter; see `_RULES`),
+            for train / val / test. "unseen" has rules of its own.
 
     Returns:
         ``(image, label, size_map, digits)``: uint8 (S, S, 3), int32 (S, S) with
         values 0..10, uint8 (S, S) with values 0..3, and one dict per pasted digit
         in paste order with keys ``sample_index``, ``digit``, ``height``,
-        ``width``, ``bucket`` (1..3), ``top``, ``left``, ``color`` and
-        ``background_color`` (mean RGB of the image under its box before pasting).
+        ``width``, ``bucket`` (1..3), ``top``, ``left`` (negative when cut by
+        the border), ``fill``, ``color`` and ``background_color`` (mean RGB of
+        the image under its box before pasting).
     """
     _check_split(split)
     _check_args(image_seed, image_size)
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
         raise ValueError(f"index must be a non-negative integer, got {index!r}")
+    rules = _rules(split, variety)
     rng = np.random.default_rng([_STREAM, int(image_seed), _SPLIT_IDS[split], int(index)])
-    samples = _split_indices()[split]
+    samples = _split_indices()[_sample_split(split)]
     _, targets = _digits()
+    photos = rules.photos
 
-    background_id = int(rng.integers(len(PHOTOS)))
-    image = _background(rng, _photo(PHOTOS[background_id]), image_size).astype(np.float32)
+    background_id = int(rng.integers(len(photos)))
+    image = _background(rng, _photo(photos[background_id]), image_size).astype(np.float32)
     label = np.zeros((image_size, image_size), np.int32)
     size_map = np.zeros((image_size, image_size), np.uint8)
 
@@ -393,37 +603,30 @@ def generate(split, index, *, image_seed=0, image_size=DEFAULT_IMAGE_SIZE):
     digits = []
     for height in heights:
         sample_index = int(samples[rng.integers(len(samples))])
-        mask = _digit_mask(sample_index, height)
+        mask = _render(rng, rules.rendering, sample_index, height)
         h, w = mask.shape
         # The least occupied of a few positions, so small digits are rarely hidden.
-        best = None
-        for _ in range(_PLACEMENT_TRIES):
-            top = int(rng.integers(0, image_size - h + 1))
-            left = int(rng.integers(0, image_size - w + 1))
-            overlap = np.count_nonzero(label[top : top + h, left : left + w][mask])
-            if best is None or overlap < best[0]:
-                best = (overlap, top, left)
-            if overlap == 0:
-                break
-        _, top, left = best
-        box = (slice(top, top + h), slice(left, left + w))
+        top, left = _place(rng, rules.placement, label, mask, image_size, digits)
+        box, mask_box = _visible(top, left, h, w, image_size)
 
-        # Texture from another photograph, re-coloured away from what lies under the digit.
-        texture_id = int(rng.integers(len(PHOTOS) - 1))
-        texture_photo = _photo(PHOTOS[texture_id + (texture_id >= background_id)])
-        side = int(rng.uniform(0.15, 0.6) * min(texture_photo.shape[:2]))
-        texture = _random_crop(rng, texture_photo, (side, max(1, side * w // h)), w, h)
-        texture = texture.astype(np.float32)[mask]
+        fills = rules.fills
+        fill_rule = fills[int(rng.integers(len(fills)))] if len(fills) > 1 else fills[0]
+        texture_photo = None
+        if fill_rule == "texture":
+            texture_id = int(rng.integers(len(photos) - 1))
+            texture_photo = _photo(photos[texture_id + (texture_id >= background_id)])
         reference = image[box].reshape(-1, 3).mean(axis=0)
-        color = _target_color(rng, reference)
-        contrast = rng.uniform(0.3, 0.6)
-        fill = (texture - texture.mean(axis=0)) * contrast + color
+        fill, color = _fill(rng, fill_rule, mask, reference, texture_photo)
 
-        image[box][mask] = fill
+        ink = np.zeros(mask.shape, bool)
+        ink[mask_box] = mask[mask_box]
+        values = np.zeros((h, w, 3), np.float32)
+        values[mask] = fill
+        image[box][ink[mask_box]] = values[mask_box][ink[mask_box]]
         digit = int(targets[sample_index])
-        label[box][mask] = digit + 1
+        label[box][ink[mask_box]] = digit + 1
         bucket = size_bucket(h, image_size)
-        size_map[box][mask] = bucket
+        size_map[box][ink[mask_box]] = bucket
         digits.append(
             {
                 "sample_index": sample_index,
@@ -433,10 +636,12 @@ def generate(split, index, *, image_seed=0, image_size=DEFAULT_IMAGE_SIZE):
                 "bucket": bucket,
                 "top": top,
                 "left": left,
+                "fill": fill_rule,
                 "color": tuple(float(c) for c in color),
                 "background_color": tuple(float(c) for c in reference),
             }
         )
+    image = _photometric(rng, rules.photometric, image)
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     return image, label, size_map, digits
 
@@ -456,11 +661,13 @@ def load(
     image_size=DEFAULT_IMAGE_SIZE,
     num_images=None,
     with_size_map=False,
+    variety="standard",
 ):
     """ScaleDigits `split` as an unbatched, lazily generated ``tf.data.Dataset``.
 
     Args:
-        split: "train", "val" or "test".
+        split: "train", "val", "test" or "unseen" (photographs and rules that
+            train / val / test never use, to measure generalisation).
         data_dir, skip_bad, num_classes: the dataset interface's; unused (nothing
             is read from disk, so there are no files to skip).
         shuffle: a new order of the images on every pass (seeded by `seed`);
@@ -474,6 +681,7 @@ def load(
             (train 100,000, val 200, test 500). Unshuffled, element ``i`` is image ``i``.
         with_size_map: also yield the uint8 size map (0 background, 1 small,
             2 medium, 3 large) for per-bucket evaluation.
+        variety: "standard" or "broad" (`generate`); train / val / test only.
 
     Returns:
         A dataset of ``(image uint8 (S, S, 3), label int32 (S, S))``, or of
@@ -485,6 +693,7 @@ def load(
     del data_dir, skip_bad, num_classes
     _check_split(split)
     _check_args(image_seed, image_size)
+    _rules(split, variety)  # a bad variety fails here, not in a tf.data worker
     if num_images is None:
         num_images = DEFAULT_NUM_IMAGES[split]
     if (
@@ -497,7 +706,7 @@ def load(
 
     def make(index):
         image, label, size_map, _ = generate(
-            split, int(index), image_seed=image_seed, image_size=image_size
+            split, int(index), image_seed=image_seed, image_size=image_size, variety=variety
         )
         return (image, label, size_map) if with_size_map else (image, label)
 
