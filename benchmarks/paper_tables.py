@@ -128,6 +128,12 @@ def parse_args(argv=None):
         help="test images for the attention and per-stream accuracy by digit size",
     )
     parser.add_argument("--output-stride", type=int, default=16, choices=(8, 16, 32))
+    parser.add_argument(
+        "--variety",
+        default="standard",
+        choices=("standard", "broad"),
+        help="ScaleDigits rules of the training images (the test splits never change)",
+    )
     parser.add_argument("--backbone-width", type=float, default=0.35)
     parser.add_argument("--head-channels", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -161,6 +167,7 @@ def settings(args):
         "image_size": args.image_size,
         "crop_size": args.crop_size,
         "output_stride": args.output_stride,
+        "variety": args.variety,
         "test_images": args.test_images,
         "backbone_width": args.backbone_width,
         "head_channels": args.head_channels,
@@ -181,7 +188,11 @@ def run_config(args, variant, seed):
             output_stride=args.output_stride,
         ),
         # The seed picks the model's initialization, the training images and their order.
-        dataset_options={"image_size": args.image_size, "image_seed": seed},
+        dataset_options={
+            "image_size": args.image_size,
+            "image_seed": seed,
+            "variety": args.variety,
+        },
         crop_size=args.crop_size,
         val_images=0,  # no validation: the test split scores every run afterwards
         val_size=args.image_size,
@@ -220,7 +231,7 @@ def append_record(path, record):
 
 
 # Settings added after the first records were written, with the value those records had.
-SETTING_DEFAULTS = {"output_stride": 16}
+SETTING_DEFAULTS = {"output_stride": 16, "variety": "standard"}
 
 
 def matching(records, args):
@@ -316,6 +327,16 @@ def train_and_evaluate(args, variant, seed):
         verbose=0,
     )  # fmt: skip
     eval_seconds = time.perf_counter() - start
+    # Photographs and rules training never used: how far the model generalises.
+    unseen = evaluate(
+        model,
+        scale_digits.load(
+            "unseen", image_seed=TEST_SEED, image_size=args.image_size,
+            num_images=args.test_images, with_size_map=True,
+        ),
+        scale_digits.NUM_CLASSES, extra_scores=scale_digits.SizeBucketScores(),
+        max_images=args.test_images, verbose=0,
+    )  # fmt: skip
     analysis = by_size_analysis(model, args)
     history = result["history"]
     return {
@@ -323,6 +344,7 @@ def train_and_evaluate(args, variant, seed):
         "seed": seed,
         **settings(args),
         **{name: scores[name] for name in METRICS},
+        **{f"unseen_{name}": unseen[name] for name in METRICS},
         "pixel_accuracy": scores["pixel_accuracy"],
         "num_images": scores["num_images"],
         "final_train_loss": history[-1].get("loss") if history else None,
@@ -383,18 +405,20 @@ def _percent(values):
 def table(records, variants):
     """Markdown table of mean (± sample std over seeds) per variant, in the paper's order."""
     lines = [
-        "| variant | seeds | mIoU | small | medium | large | train min | paper VOC mIoU |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | seeds | mIoU | small | medium | large | unseen mIoU | train min "
+        "| paper VOC mIoU |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for variant in (v for v in VARIANTS if v in variants):
         rows = [r for r in records if r["variant"] == variant]
         paper = PAPER_VOC[variant]
         paper = "—" if paper is None else f"{paper:.2f}"
         if not rows:
-            lines.append(f"| {LABELS[variant]} | none | | | | | | {paper} |")
+            lines.append(f"| {LABELS[variant]} | none | | | | | | | {paper} |")
             continue
         minutes = statistics.fmean(r["train_seconds"] for r in rows) / 60
         cells = [_percent([r[m] for r in rows]) for m in METRICS]
+        cells.append(_percent([r.get("unseen_miou") for r in rows]))
         seeds = ",".join(str(r["seed"]) for r in sorted(rows, key=lambda r: r["seed"]))
         lines.append(
             f"| {LABELS[variant]} | {seeds} | {' | '.join(cells)} | {minutes:.1f} | {paper} |"
