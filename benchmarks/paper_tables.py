@@ -74,7 +74,13 @@ VARIANTS = {
     # Scores finer than the output stride (docs/results.md, "How fine the output can be").
     "full_refined_scores": dict(_FULL, score_refinement=True),
     "full_refined_scores_bounded_gate": dict(_FULL, score_refinement=True, attention_bound=4.0),
+    # In place of the ImageNet pretraining the paper had: the shared backbone first
+    # trains alone (single scale, scales 0.5-1.25x) for half the steps, then the full
+    # model starts from it for the other half (the same total step count).
+    "full_backbone_first": dict(_FULL),
 }
+# variant -> (share of --steps trained single-scale first, that phase's scale_range)
+BACKBONE_FIRST = {"full_backbone_first": (0.5, (0.5, 1.25))}
 LABELS = {
     "single_scale": "single scale (DeepLab-LargeFOV)",
     "max_merge": "max merge",
@@ -89,6 +95,7 @@ LABELS = {
     "full_heads_stride16": "full, heads on the stride-16 grid",
     "full_refined_scores": "full, scores refined from the hypercolumn",
     "full_refined_scores_bounded_gate": "full, refined scores, bounded attention",
+    "full_backbone_first": "full, backbone trained alone for the first half",
 }
 # PASCAL VOC 2012 val mIoU (%), VGG16, scales 1x and 0.5x (Tables 1 and 2). The
 # paper has no PSP row on VOC; on ADE20K (Table 3) PSP adds 1.14 to its model.
@@ -106,6 +113,7 @@ PAPER_VOC = {
     "full_heads_stride16": None,
     "full_refined_scores": None,
     "full_refined_scores_bounded_gate": None,
+    "full_backbone_first": None,
 }
 METRICS = ("miou", "miou_small", "miou_medium", "miou_large")
 
@@ -296,6 +304,37 @@ def train_and_evaluate(args, variant, seed):
     from keras_msattn.training import train
 
     config = run_config(args, variant, seed)
+    log = lambda message: print("  " + message)  # noqa: E731
+    wall_start = time.perf_counter()
+    first_phase = {}
+    if variant in BACKBONE_FIRST:
+        share, scale_range = BACKBONE_FIRST[variant]
+        first_steps = max(1, round(share * args.steps))
+        first = dataclasses.replace(
+            run_config(args, "single_scale", seed),
+            steps=first_steps,
+            steps_per_epoch=first_steps,
+            scale_range=scale_range,
+        )
+        first_dir = os.path.join(runs_dir(args.out), f"{variant}-seed{seed}-first-phase")
+        shutil.rmtree(first_dir, ignore_errors=True)
+        keras.backend.clear_session()
+        start = time.perf_counter()
+        trained = train(first, first_dir, verbose=0, log=log)
+        backbone_path = os.path.join(first_dir, "backbone.weights.h5")
+        load_segmenter(trained["model_path"]).backbone.save_weights(backbone_path)
+        first_phase = {
+            "first_phase_steps": first_steps,
+            "first_phase_scale_range": list(scale_range),
+            "first_phase_seconds": round(time.perf_counter() - start, 1),
+        }
+        rest = args.steps - first_steps
+        config = dataclasses.replace(
+            config,
+            steps=rest,
+            steps_per_epoch=rest,
+            model={**config.model, "backbone_weights": backbone_path},
+        )
     out_dir = os.path.join(
         runs_dir(args.out),
         f"{variant}-seed{seed}-{args.steps}steps-{args.image_size}px-"
@@ -305,9 +344,9 @@ def train_and_evaluate(args, variant, seed):
     shutil.rmtree(out_dir, ignore_errors=True)
     keras.backend.clear_session()
     load_before = os.getloadavg()[0]
-    wall_start = start = time.perf_counter()
-    result = train(config, out_dir, verbose=0, log=lambda message: print("  " + message))
-    train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    result = train(config, out_dir, verbose=0, log=log)
+    train_seconds = time.perf_counter() - start + first_phase.get("first_phase_seconds", 0)
     # Only the inference model and the small JSON files are kept.
     shutil.rmtree(os.path.join(out_dir, "backup"), ignore_errors=True)
     shutil.rmtree(os.path.join(out_dir, "logs"), ignore_errors=True)
@@ -354,6 +393,7 @@ def train_and_evaluate(args, variant, seed):
         "num_parameters": int(model.count_params()),
         "model_arguments": {k: v for k, v in config.model.items() if k in VARIANTS[variant]},
         **analysis,
+        **first_phase,
         "run_dir": out_dir,
         "commit": COMMIT,
         "wall_seconds": round(time.perf_counter() - wall_start, 1),
@@ -435,6 +475,7 @@ PAIRS = (
     ("full_heads_stride16", "full"),
     ("full_refined_scores", "full"),
     ("full_refined_scores_bounded_gate", "full_refined_scores"),
+    ("full_backbone_first", "full"),
 )
 
 
@@ -489,8 +530,9 @@ def by_size_table(records, variants):
     sizes = ("small", "medium", "large")
 
     def cell(rows, get):
-        values = [[get(r)[size] for r in rows] for size in sizes]
-        return " / ".join(f"{statistics.fmean(v):.3f}" for v in values)
+        # A size with no pixels in the analysed images (tiny runs) has no value.
+        values = [[get(r)[size] for r in rows if size in get(r)] for size in sizes]
+        return " / ".join(f"{statistics.fmean(v):.3f}" if v else "n/a" for v in values)
 
     for variant in (v for v in VARIANTS if v in variants):
         rows = [r for r in records if r["variant"] == variant and "stream_accuracy" in r]
