@@ -1,0 +1,102 @@
+"""What the input pipeline costs a quickstart training step, at output stride 16 and 8.
+
+The quickstart's model and training settings (`keras_msattn.quickstart.
+quickstart_config`), built and compiled as `msattn train` does, each trained on
+two inputs: the real training pipeline (`keras_msattn.training.train_dataset`:
+ScaleDigits images generated on the fly, random scale and crop, batch 8) and
+the first `--cached` batches of that same pipeline held in memory and repeated
+(the pipeline then costs nothing). On a 2-core CPU the images are generated on
+the same cores the step runs on, so the difference is what generation takes
+from training. After `--warmup` untimed steps each, the four runs take turns
+in `--rounds` rounds of `--steps` steps (the order rotates each round).
+
+    python benchmarks/train_input_cost.py                  # ~5 min on 2 cores
+    python benchmarks/train_input_cost.py --strides 8 --rounds 4 --steps 20
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--strides", type=int, nargs="+", default=[16, 8], choices=(8, 16, 32))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per run per round")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--cached", type=int, default=4, help="batches held in memory")
+    args = parser.parse_args(argv)
+    for name in ("rounds", "steps", "cached"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    return args
+
+
+def build(output_stride):
+    import keras
+
+    from keras_msattn import training
+    from keras_msattn.config import apply_overrides, resolve_config
+    from keras_msattn.quickstart import quickstart_config
+
+    config = apply_overrides(quickstart_config(), {"model": {"output_stride": output_stride}})
+    config = resolve_config(config)
+    keras.utils.set_random_seed(0)
+    model = training.build_model(config)
+    training.synchronize_batchnorm(model)
+    training.compile_model(model, config)
+    return model, config
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from keras_msattn import training
+
+    runs = {}
+    for stride in args.strides:
+        model, config = build(stride)
+        real = training.train_dataset(config, seed=0)
+        cached = real.take(args.cached).cache().repeat()
+        runs[f"stride {stride}, images generated"] = (model, iter(real))
+        runs[f"stride {stride}, {args.cached} batches in memory"] = (model, iter(cached))
+    for model, batches in runs.values():
+        for _ in range(args.warmup):
+            model.train_on_batch(*next(batches))
+    names = list(runs)
+    medians = {name: [] for name in names}
+    for round_index in range(args.rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            model, batches = runs[name]
+            times = []
+            for _ in range(args.steps):
+                start = time.perf_counter()
+                model.train_on_batch(*next(batches))
+                times.append(time.perf_counter() - start)
+            medians[name].append(statistics.median(times))
+        print(f"round {round_index + 1}/{args.rounds}", file=sys.stderr, flush=True)
+    print(
+        f"\nquickstart model (two-scale attention, 1+S losses), batch 8 of 128 px, "
+        f"{args.rounds} rounds x {args.steps} steps, load average (1 min) at the end "
+        f"{os.getloadavg()[0]:.2f}"
+    )
+    print("| input | ms per step (median of rounds) | / in memory, same stride |")
+    print("|---|---|---|")
+    for name in names:
+        stride = name.split(",")[0]
+        reference = f"{stride}, {args.cached} batches in memory"
+        ratio = statistics.median(
+            a / b for a, b in zip(medians[name], medians[reference], strict=True)
+        )
+        print(f"| {name} | {1000 * statistics.median(medians[name]):.0f} | {ratio:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
