@@ -70,3 +70,15 @@ def test_quickstart_writes_model_exports_figures_and_report(tmp_path):
     np.testing.assert_array_equal(np.asarray(unseen["confusion_matrix"]).ravel(), expected)
     assert summary["unseen_miou"] == unseen["miou"]
     assert f"| mIoU | {scores['miou']:.3f} | {unseen['miou']:.3f} |" in report
+
+
+def test_the_cli_help_names_the_default_step_count():
+    # The CLI does not import the quickstart (TensorFlow) to build its parser, so
+    # the number in its help is written out; it must stay the one the run uses.
+    from keras_msattn.cli import build_parser
+    from keras_msattn.quickstart import DEFAULT_STEPS
+
+    subparsers = next(a for a in build_parser()._actions if a.dest == "command")
+    quickstart = subparsers.choices["quickstart"]
+    steps = next(a for a in quickstart._actions if a.dest == "steps")
+    assert f"default {DEFAULT_STEPS}" in steps.help
