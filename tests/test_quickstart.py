@@ -48,6 +48,13 @@ def test_quickstart_writes_model_exports_figures_and_report(tmp_path):
     weights = scores["scale_weight_by_digit_size"]
     for values in weights.values():
         assert abs(sum(values.values()) - 1.0) < 1e-4
+    # Each stream alone against the merged output, in the scores and in the report.
+    accuracy = scores["stream_accuracy_by_digit_size"]
+    assert set(accuracy) == {"1.0", "0.5", "final"}
+    for stream, name in (("1.0", "1.0x stream alone"), ("0.5", "0.5x stream alone")):
+        row = " | ".join(f"{accuracy[stream][size]:.3f}" for size in ("small", "medium", "large"))
+        assert f"| {name} | {row} |" in report
+    assert "| merged output |" in report
     int8 = json.loads((out / "model_int8.report.json").read_text())
     # The summary repeats what the export verified, and the report names the
     # thread count it was timed with.
