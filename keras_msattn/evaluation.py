@@ -21,6 +21,7 @@ print(results["miou"])
 """
 
 import os
+import sys
 
 import keras
 import numpy as np
@@ -95,7 +96,8 @@ def evaluate(
             e.g. ScaleDigits' mIoU by digit size), merged into the results.
         max_images: stop after this many images.
         ignore_label: label value that is not scored.
-        verbose: 1 shows a progress bar with the running mIoU, 0 is silent.
+        verbose: 1 shows a progress bar with the running mIoU (one line at the end
+            when stdout is not a terminal), 0 is silent.
 
     Returns:
         A JSON-ready dict: `miou`, `pixel_accuracy`, `mean_class_accuracy` (in
@@ -121,8 +123,12 @@ def evaluate(
     confusion = np.zeros((num_classes, num_classes), np.int64)
     progress = None
     if verbose:
+        # A bar redrawn per image fills a log file: off a terminal, one line at the end.
         progress = keras.utils.Progbar(
-            _num_examples(dataset, max_images), stateful_metrics=["miou"], unit_name="image"
+            _num_examples(dataset, max_images),
+            stateful_metrics=["miou"],
+            unit_name="image",
+            verbose=1 if sys.stdout.isatty() else 2,
         )
     num_images = 0
     for example in _examples(dataset):

@@ -188,6 +188,14 @@ def test_json_report_is_written_atomically_with_a_progress_bar(model, pairs, tmp
     assert os.listdir(path.parent) == ["val.json"]
 
 
+def test_off_a_terminal_the_progress_is_one_line_not_one_per_image(model, pairs, capsys):
+    # pytest captures stdout into a file, as a log would: no bar redrawn per image.
+    evaluation.evaluate(model, pairs, ADE_CLASSES, verbose=1)
+    progress = capsys.readouterr().out
+    assert len(pairs) == 2 and progress.count("miou") == 1 and "2/2" in progress
+    assert "\r" not in progress and "1/2" not in progress
+
+
 def test_size_bucket_miou_on_scale_digits():
     model = tiny(num_classes=11)
     ds = scale_digits.load("test", image_size=64, num_images=3, with_size_map=True)
