@@ -305,6 +305,12 @@ def train_and_evaluate(args, variant, seed):
 
     config = run_config(args, variant, seed)
     log = lambda message: print("  " + message)  # noqa: E731
+    # Every setting of the resume key, so no two recorded runs share a folder.
+    out_dir = os.path.join(
+        runs_dir(args.out),
+        f"{variant}-seed{seed}-{args.steps}steps-{args.image_size}px-"
+        f"crop{args.crop_size}-os{args.output_stride}-{args.variety}",
+    )
     wall_start = time.perf_counter()
     first_phase = {}
     if variant in BACKBONE_FIRST:
@@ -316,7 +322,7 @@ def train_and_evaluate(args, variant, seed):
             steps_per_epoch=first_steps,
             scale_range=scale_range,
         )
-        first_dir = os.path.join(runs_dir(args.out), f"{variant}-seed{seed}-first-phase")
+        first_dir = out_dir + "-first-phase"
         shutil.rmtree(first_dir, ignore_errors=True)
         keras.backend.clear_session()
         start = time.perf_counter()
@@ -335,11 +341,6 @@ def train_and_evaluate(args, variant, seed):
             steps_per_epoch=rest,
             model={**config.model, "backbone_weights": backbone_path},
         )
-    out_dir = os.path.join(
-        runs_dir(args.out),
-        f"{variant}-seed{seed}-{args.steps}steps-{args.image_size}px-"
-        f"crop{args.crop_size}-os{args.output_stride}",
-    )
     # A run not in the JSON lines starts over, so its training time is a whole run's.
     shutil.rmtree(out_dir, ignore_errors=True)
     keras.backend.clear_session()
@@ -352,30 +353,22 @@ def train_and_evaluate(args, variant, seed):
     shutil.rmtree(os.path.join(out_dir, "logs"), ignore_errors=True)
 
     model = load_segmenter(result["model_path"])
-    test = scale_digits.load(
-        "test",
-        image_seed=TEST_SEED,
-        image_size=args.image_size,
-        num_images=args.test_images,
-        with_size_map=True,
-    )
-    start = time.perf_counter()
-    scores = evaluate(
-        model, test, scale_digits.NUM_CLASSES, extra_scores=scale_digits.SizeBucketScores(),
-        max_images=args.test_images,
-        verbose=0,
-    )  # fmt: skip
-    eval_seconds = time.perf_counter() - start
-    # Photographs and rules training never used: how far the model generalises.
-    unseen = evaluate(
-        model,
-        scale_digits.load(
-            "unseen", image_seed=TEST_SEED, image_size=args.image_size,
+
+    def score(split):
+        # "unseen": photographs and rules training never used (how far it generalises).
+        images = scale_digits.load(
+            split, image_seed=TEST_SEED, image_size=args.image_size,
             num_images=args.test_images, with_size_map=True,
-        ),
-        scale_digits.NUM_CLASSES, extra_scores=scale_digits.SizeBucketScores(),
-        max_images=args.test_images, verbose=0,
-    )  # fmt: skip
+        )  # fmt: skip
+        return evaluate(
+            model, images, scale_digits.NUM_CLASSES,
+            extra_scores=scale_digits.SizeBucketScores(), max_images=args.test_images, verbose=0,
+        )  # fmt: skip
+
+    start = time.perf_counter()
+    scores = score("test")
+    eval_seconds = time.perf_counter() - start
+    unseen = score("unseen")
     analysis = by_size_analysis(model, args)
     history = result["history"]
     return {

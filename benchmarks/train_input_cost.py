@@ -18,7 +18,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -56,6 +55,7 @@ def build(output_stride):
 
 def main(argv=None):
     args = parse_args(argv)
+    from benchmarks.train_step import time_in_rounds
     from keras_msattn import training
 
     runs = {}
@@ -65,22 +65,12 @@ def main(argv=None):
         cached = real.take(args.cached).cache().repeat()
         runs[f"stride {stride}, images generated"] = (model, iter(real))
         runs[f"stride {stride}, {args.cached} batches in memory"] = (model, iter(cached))
-    for model, batches in runs.values():
-        for _ in range(args.warmup):
-            model.train_on_batch(*next(batches))
+    steps = {
+        name: (lambda model=model, batches=batches: model.train_on_batch(*next(batches)))
+        for name, (model, batches) in runs.items()
+    }
+    medians = time_in_rounds(steps, args.rounds, args.steps, args.warmup)
     names = list(runs)
-    medians = {name: [] for name in names}
-    for round_index in range(args.rounds):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            model, batches = runs[name]
-            times = []
-            for _ in range(args.steps):
-                start = time.perf_counter()
-                model.train_on_batch(*next(batches))
-                times.append(time.perf_counter() - start)
-            medians[name].append(statistics.median(times))
-        print(f"round {round_index + 1}/{args.rounds}", file=sys.stderr, flush=True)
     print(
         f"\nquickstart model (two-scale attention, 1+S losses), batch 8 of 128 px, "
         f"{args.rounds} rounds x {args.steps} steps, load average (1 min) at the end "

@@ -53,28 +53,44 @@ def build(model_overrides):
     return model, images, {name: labels for name in output_names(config.scales)}
 
 
+def time_in_rounds(steps, rounds, count, warmup):
+    """{name: [median seconds of a step, per round]} for {name: a function doing one step}.
+
+    After `warmup` untimed steps each, the runs take turns in `rounds` rounds of
+    `count` timed steps; the order rotates each round, so no run always goes first.
+    """
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    names = list(steps)
+    medians = {name: [] for name in names}
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            times = []
+            for _ in range(count):
+                start = time.perf_counter()
+                steps[name]()
+                times.append(time.perf_counter() - start)
+            medians[name].append(statistics.median(times))
+        print(f"round {round_index + 1}/{rounds}", file=sys.stderr, flush=True)
+    return medians
+
+
 def main(argv=None):
     args = parse_args(argv)
     variants = {"single scale": dict(scales=(1.0,), fusion=None)}
     for stride in args.head_strides:
         variants[f"attention, heads at stride {stride}"] = dict(head_stride=stride)
     models = {name: build(overrides) for name, overrides in variants.items()}
-    for model, images, labels in models.values():
-        for _ in range(args.warmup):
-            model.train_on_batch(images, labels)
+    steps = {
+        name: (
+            lambda model=model, images=images, labels=labels: model.train_on_batch(images, labels)
+        )
+        for name, (model, images, labels) in models.items()
+    }
+    medians = time_in_rounds(steps, args.rounds, args.steps, args.warmup)
     names = list(models)
-    medians = {name: [] for name in names}
-    for round_index in range(args.rounds):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            model, images, labels = models[name]
-            times = []
-            for _ in range(args.steps):
-                start = time.perf_counter()
-                model.train_on_batch(images, labels)
-                times.append(time.perf_counter() - start)
-            medians[name].append(statistics.median(times))
-        print(f"round {round_index + 1}/{args.rounds}", file=sys.stderr, flush=True)
     print(
         f"\nquickstart-sized model, batch 8 of 128 px, {args.rounds} rounds x {args.steps} "
         f"steps, load average (1 min) at the end {os.getloadavg()[0]:.2f}"

@@ -369,9 +369,7 @@ def _digit_mask(sample_index, height, width_factor=1.0, slant=0.0):
                 connected = t
         chosen = chosen or connected or _SMALL_THRESHOLDS[-1]
         mask = soft >= chosen
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    return mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    return _crop_to_ink(mask)
 
 
 def _target_color(rng, reference):
@@ -618,15 +616,14 @@ def generate(split, index, *, image_seed=0, image_size=DEFAULT_IMAGE_SIZE, varie
         reference = image[box].reshape(-1, 3).mean(axis=0)
         fill, color = _fill(rng, fill_rule, mask, reference, texture_photo)
 
-        ink = np.zeros(mask.shape, bool)
-        ink[mask_box] = mask[mask_box]
+        visible = mask[mask_box]  # the ink inside the image (all of it unless cut)
         values = np.zeros((h, w, 3), np.float32)
         values[mask] = fill
-        image[box][ink[mask_box]] = values[mask_box][ink[mask_box]]
+        image[box][visible] = values[mask_box][visible]
         digit = int(targets[sample_index])
-        label[box][ink[mask_box]] = digit + 1
+        label[box][visible] = digit + 1
         bucket = size_bucket(h, image_size)
-        size_map[box][ink[mask_box]] = bucket
+        size_map[box][visible] = bucket
         digits.append(
             {
                 "sample_index": sample_index,
