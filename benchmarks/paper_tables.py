@@ -137,6 +137,13 @@ def parse_args(argv=None):
     )
     parser.add_argument("--output-stride", type=int, default=16, choices=(8, 16, 32))
     parser.add_argument(
+        "--loss-stride",
+        type=int,
+        default=1,
+        choices=(1, 2, 4, 8),
+        help="grid of the 1 + S losses (TrainConfig.loss_stride); 1 is full resolution",
+    )
+    parser.add_argument(
         "--variety",
         default="standard",
         choices=("standard", "broad"),
@@ -175,6 +182,7 @@ def settings(args):
         "image_size": args.image_size,
         "crop_size": args.crop_size,
         "output_stride": args.output_stride,
+        "loss_stride": args.loss_stride,
         "variety": args.variety,
         "test_images": args.test_images,
         "backbone_width": args.backbone_width,
@@ -202,6 +210,7 @@ def run_config(args, variant, seed):
             "variety": args.variety,
         },
         crop_size=args.crop_size,
+        loss_stride=args.loss_stride,
         val_images=0,  # no validation: the test split scores every run afterwards
         val_size=args.image_size,
         batch_size=args.batch_size,
@@ -239,7 +248,7 @@ def append_record(path, record):
 
 
 # Settings added after the first records were written, with the value those records had.
-SETTING_DEFAULTS = {"output_stride": 16, "variety": "standard"}
+SETTING_DEFAULTS = {"output_stride": 16, "variety": "standard", "loss_stride": 1}
 
 
 def matching(records, args):
@@ -309,7 +318,7 @@ def train_and_evaluate(args, variant, seed):
     out_dir = os.path.join(
         runs_dir(args.out),
         f"{variant}-seed{seed}-{args.steps}steps-{args.image_size}px-"
-        f"crop{args.crop_size}-os{args.output_stride}-{args.variety}",
+        f"crop{args.crop_size}-os{args.output_stride}-{args.variety}-loss{args.loss_stride}",
     )
     wall_start = time.perf_counter()
     first_phase = {}

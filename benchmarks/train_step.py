@@ -5,12 +5,14 @@ quickstart_config`: MobileNetV2 x0.35, output stride 16, 16-channel heads,
 batch 8 of 128-px crops, Adam, the `1 + S` deep-supervision losses), built and
 compiled as `msattn train` does, trained on one repeated synthetic batch (the
 input pipeline costs nothing). Models: single scale, and the attention model
-with its heads on each `--head-strides` grid. After `--warmup` untimed steps,
-the models take turns in `--rounds` rounds of `--steps` steps (the order
-rotates each round); the ratio to single scale is taken round by round.
+with its heads on each `--head-strides` grid, each with its losses on each
+`--loss-strides` grid (`TrainConfig.loss_stride`: 1 is full resolution). After
+`--warmup` untimed steps, the models take turns in `--rounds` rounds of
+`--steps` steps (the order rotates each round); the ratio to single scale (with
+the same loss stride, and with full-resolution losses) is taken round by round.
 
     python benchmarks/train_step.py                       # heads at stride 4 and 16
-    python benchmarks/train_step.py --head-strides 4 8 16 --rounds 8 --steps 10
+    python benchmarks/train_step.py --head-strides 4 --loss-strides 1 4
 """
 
 import argparse
@@ -26,13 +28,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--head-strides", type=int, nargs="+", default=[4, 16])
+    parser.add_argument("--loss-strides", type=int, nargs="+", default=[1])
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per model per round")
     parser.add_argument("--warmup", type=int, default=3)
     return parser.parse_args(argv)
 
 
-def build(model_overrides):
+def build(model_overrides, loss_stride=1):
     import keras
     import numpy as np
 
@@ -41,7 +44,8 @@ def build(model_overrides):
     from keras_msattn.quickstart import quickstart_config
     from keras_msattn.segmenter import output_names
 
-    config = resolve_config(apply_overrides(quickstart_config(), {"model": model_overrides}))
+    overrides = {"model": model_overrides, "loss_stride": loss_stride}
+    config = resolve_config(apply_overrides(quickstart_config(), overrides))
     keras.utils.set_random_seed(0)
     model = training.build_model(config)
     training.synchronize_batchnorm(model)
@@ -79,10 +83,16 @@ def time_in_rounds(steps, rounds, count, warmup):
 
 def main(argv=None):
     args = parse_args(argv)
-    variants = {"single scale": dict(scales=(1.0,), fusion=None)}
-    for stride in args.head_strides:
-        variants[f"attention, heads at stride {stride}"] = dict(head_stride=stride)
-    models = {name: build(overrides) for name, overrides in variants.items()}
+    variants = {}
+    for loss_stride in args.loss_strides:
+        suffix = "" if args.loss_strides == [1] else f", losses at stride {loss_stride}"
+        variants[f"single scale{suffix}"] = (dict(scales=(1.0,), fusion=None), loss_stride)
+        for stride in args.head_strides:
+            variants[f"attention, heads at stride {stride}{suffix}"] = (
+                dict(head_stride=stride),
+                loss_stride,
+            )
+    models = {name: build(*arguments) for name, arguments in variants.items()}
     steps = {
         name: (
             lambda model=model, images=images, labels=labels: model.train_on_batch(images, labels)
@@ -91,17 +101,30 @@ def main(argv=None):
     }
     medians = time_in_rounds(steps, args.rounds, args.steps, args.warmup)
     names = list(models)
+    singles = {
+        loss_stride: next(
+            n for n in names if n.startswith("single") and variants[n][1] == loss_stride
+        )
+        for loss_stride in args.loss_strides
+    }
+
+    def ratio(name, reference):
+        return statistics.median(
+            a / b for a, b in zip(medians[name], medians[reference], strict=True)
+        )
+
     print(
         f"\nquickstart-sized model, batch 8 of 128 px, {args.rounds} rounds x {args.steps} "
         f"steps, load average (1 min) at the end {os.getloadavg()[0]:.2f}"
     )
-    print("| model | ms per step | / single scale (median of rounds) |")
-    print("|---|---|---|")
+    print(
+        "| model | ms per step | / single scale, same losses | / single scale, full-resolution losses |"
+    )
+    print("|---|---|---|---|")
     for name in names:
-        ratio = statistics.median(
-            a / b for a, b in zip(medians[name], medians[names[0]], strict=True)
-        )
-        print(f"| {name} | {1000 * statistics.median(medians[name]):.0f} | {ratio:.2f}x |")
+        same = ratio(name, singles[variants[name][1]])
+        full = f"{ratio(name, singles[1]):.2f}x" if 1 in singles else "-"
+        print(f"| {name} | {1000 * statistics.median(medians[name]):.0f} | {same:.2f}x | {full} |")
     return 0
 
 

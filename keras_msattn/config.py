@@ -28,7 +28,7 @@ from keras_msattn.errors import UserError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 # Set by training itself, never by a config.
-TRAINING_OWNED_MODEL_ARGUMENTS = ("deep_supervision", "input_shape")
+TRAINING_OWNED_MODEL_ARGUMENTS = ("deep_supervision", "loss_stride", "input_shape")
 
 
 def _paper_model():
@@ -69,6 +69,9 @@ class TrainConfig:
     weight_decay: float = 5e-4
     poly_power: float = 0.9
     loss_weights: dict | None = None  # {output name: weight}; None: 1 for each
+    # The grid of the 1 + S losses, as a stride of the crop: 1 (full resolution)
+    # or 2, 4, 8 (labels sampled onto it; `MultiScaleSegmenter`'s `loss_stride`).
+    loss_stride: int = 1
     sync_batchnorm: bool = True  # batch statistics over the global batch, not per replica
     mixed_precision: bool = False  # mixed_float16 on GPU, mixed_bfloat16 elsewhere
     # XLA stays off: the confusion-matrix metrics count with a data-sized bincount,
@@ -177,7 +180,13 @@ def _check_dataset_options(config):
 
 def check_config(config):
     """Raises ValueError naming the first field with an unusable value."""
+    from keras_msattn.segmenter import LOSS_STRIDES
+
     _check_field_types(config)
+    if config.loss_stride not in LOSS_STRIDES or isinstance(config.loss_stride, bool):
+        raise ValueError(
+            f"`loss_stride` must be one of {LOSS_STRIDES}, got {config.loss_stride!r}."
+        )
     for name, minimum in (("steps", 1), ("steps_per_epoch", 1), ("batch_size", 1), ("seed", 0)):
         if not _is_int(getattr(config, name), minimum):
             raise ValueError(

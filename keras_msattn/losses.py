@@ -33,6 +33,31 @@ def _squeeze_channel(labels):
     return labels
 
 
+def _cell_centres(size, cells):
+    # The pixel under the centre of each of `cells` equal cells spanning `size` pixels.
+    centres = (ops.cast(ops.arange(cells), "float32") + 0.5) * ops.cast(size, "float32")
+    return ops.cast(ops.floor(centres / ops.cast(cells, "float32")), "int32")
+
+
+def labels_on_grid(labels, logits):
+    """`labels (B, H, W)` sampled onto the spatial grid of `logits (B, h, w, C)`.
+
+    Each grid cell takes the label of the pixel under its centre (nearest
+    neighbour, half-pixel centres, as the model's resizes align their grids):
+    for a stride-4 grid of a 128-px crop, pixels 2, 6, ..., 126 of each row and
+    column. Labels already the logits' size are returned unchanged. This is how
+    a model with `loss_stride` > 1 is trained: its logits are compared with the
+    labels where they are, not upsampled to every pixel first.
+    """
+    label_size, grid_size = labels.shape[1:3], logits.shape[1:3]
+    if None not in label_size and tuple(label_size) == tuple(grid_size):
+        return labels
+    label_shape, grid_shape = ops.shape(labels), ops.shape(logits)
+    rows = _cell_centres(label_shape[1], grid_shape[1])
+    cols = _cell_centres(label_shape[2], grid_shape[2])
+    return ops.take(ops.take(labels, rows, axis=1), cols, axis=2)
+
+
 @keras.saving.register_keras_serializable(package="keras_msattn")
 class SegmentationCrossEntropy(keras.losses.Loss):
     """Per-pixel softmax cross-entropy on logits, ignoring one label value.
@@ -48,7 +73,8 @@ class SegmentationCrossEntropy(keras.losses.Loss):
 
     Inputs:
         y_true: class ids `(B, H, W)` or `(B, H, W, 1)`, int or float.
-        y_pred: logits `(B, H, W, C)`.
+        y_pred: logits `(B, H, W, C)`, or on a coarser grid `(B, h, w, C)`: the
+            labels are then sampled onto it (`labels_on_grid`).
         sample_weight: optional, `(B,)` per image or `(B, H, W)` per pixel;
             the result is then `sum(w * loss) / sum(w)` over valid pixels.
 
@@ -72,19 +98,22 @@ class SegmentationCrossEntropy(keras.losses.Loss):
         return ops.cast(labels, "int32")
 
     def __call__(self, y_true, y_pred, sample_weight=None):
-        labels = self._labels(y_true)
+        y_pred = ops.convert_to_tensor(y_pred)
+        labels = labels_on_grid(self._labels(y_true), y_pred)
         weights = ops.cast(ops.not_equal(labels, self.ignore_label), "float32")
         if sample_weight is not None:
             sample_weight = ops.cast(ops.convert_to_tensor(sample_weight), "float32")
             sample_weight = _squeeze_channel(sample_weight)
             if len(sample_weight.shape) == 1:
                 sample_weight = ops.reshape(sample_weight, (-1, 1, 1))
+            else:
+                sample_weight = labels_on_grid(sample_weight, y_pred)
             weights = weights * sample_weight
-        y_pred = ops.cast(ops.convert_to_tensor(y_pred), "float32")
+        y_pred = ops.cast(y_pred, "float32")
         return super().__call__(labels, y_pred, sample_weight=weights)
 
     def call(self, y_true, y_pred):
-        labels = self._labels(y_true)
+        labels = labels_on_grid(self._labels(y_true), y_pred)
         valid = ops.not_equal(labels, self.ignore_label)
         # Ignored pixels get class 0 so the op stays in range; their loss is zeroed
         # here and their weight is 0 in `__call__`.

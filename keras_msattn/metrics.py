@@ -34,6 +34,8 @@ class accuracy and per-class IoU would each need their own matrix.
 import keras
 from keras import ops
 
+from keras_msattn.losses import labels_on_grid
+
 
 def _check_num_classes(num_classes):
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -56,7 +58,9 @@ class ConfusionMatrix(keras.metrics.Metric):
     Inputs of `update_state(y_true, y_pred, sample_weight=None)`:
         y_true: class ids `(B, H, W)` or `(B, H, W, 1)`, int or float.
         y_pred: logits or probabilities `(B, H, W, C)` (argmax is taken), or
-            class ids `(B, H, W)` / `(B, H, W, 1)`.
+            class ids `(B, H, W)` / `(B, H, W, 1)`. Logits on a coarser grid
+            `(B, h, w, C)` (a model trained with `loss_stride`) are scored
+            against the labels sampled onto that grid (`labels_on_grid`).
         sample_weight: optional, `(B,)` or `(B, H, W)`; weights each pixel's count.
 
     Example:
@@ -104,6 +108,9 @@ class ConfusionMatrix(keras.metrics.Metric):
         if len(labels.shape) == 4 and labels.shape[-1] == 1:
             labels = ops.squeeze(labels, axis=-1)
         labels = ops.cast(labels, "int32")
+        y_pred = ops.convert_to_tensor(y_pred)
+        if len(y_pred.shape) == 4 and y_pred.shape[-1] == self.num_classes:
+            labels = labels_on_grid(labels, y_pred)
         predictions = ops.cast(self._class_ids(y_pred), "int32")
         valid = (
             ops.not_equal(labels, self.ignore_label)
@@ -123,6 +130,8 @@ class ConfusionMatrix(keras.metrics.Metric):
                 weights = ops.squeeze(weights, axis=-1)
             if len(weights.shape) == 1:
                 weights = ops.reshape(weights, (-1, 1, 1))
+            else:
+                weights = labels_on_grid(weights, predictions[..., None])
             weights = ops.reshape(ops.broadcast_to(weights, ops.shape(labels)), (-1,))
             counts = ops.bincount(cells, weights=weights, minlength=num_cells + 1)
         counts = ops.cast(counts[:num_cells], "float64")

@@ -28,6 +28,9 @@ from keras_msattn.layers import (
 FUSIONS = ("attention", "attention_to_scale", "average", "max", None)
 # Strides of the 1x input that fusion="attention" may run its heads on; 4 is the paper's.
 HEAD_STRIDES = (4, 8, 16)
+# Strides of the input that a deep-supervision model may put its outputs (the
+# training losses) on; 1 is the input size.
+LOSS_STRIDES = (1, 2, 4, 8)
 RECALIBRATIONS = ("multiply", "add", None)
 MAX_SCALE = 4.0
 # The smallest image side any scale may produce: a stride-8 backbone then still
@@ -182,6 +185,13 @@ class MultiScaleSegmenter(keras.Model):
             bias, the paper's weaker variant) or `None` (no extra branch).
         pyramid_pooling: a PSP module (bins 1, 2, 3, 6) before the classifier.
         deep_supervision: return the dict of `1 + S` logits instead of one tensor.
+        loss_stride: with `deep_supervision`, the grid the `1 + S` logits are on,
+            as a stride of the input: 1 (the input size) or 2, 4, 8. The losses
+            then compare them with the labels sampled onto that grid
+            (`keras_msattn.losses.labels_on_grid`), as DeepLab computes its loss on
+            labels downsampled by 8. At 4 the losses and the logits' upsample
+            cost 16x fewer pixels (docs/performance.md). Without deep supervision
+            it must be 1: the inference model's logits are at the input size.
         backbone_weights: `None`, `"imagenet"` or a path to a backbone
             `.weights.h5` file. Loaded once at construction; not kept in the config,
             since a saved model carries its weights.
@@ -233,12 +243,20 @@ class MultiScaleSegmenter(keras.Model):
         attention_bound=None,
         head_stride=4,
         score_refinement=False,
+        loss_stride=1,
         input_shape=(None, None, 3),
         **kwargs,
     ):
         _check_types(scales, hypercolumn, pyramid_pooling, deep_supervision, output_stride)
         if not isinstance(score_refinement, bool):
             raise ValueError(f"`score_refinement` must be True or False, got {score_refinement!r}.")
+        if loss_stride not in LOSS_STRIDES or isinstance(loss_stride, bool):
+            raise ValueError(f"`loss_stride` must be one of {LOSS_STRIDES}, got {loss_stride!r}.")
+        if loss_stride != 1 and not deep_supervision:
+            raise ValueError(
+                f"`loss_stride`={loss_stride!r} needs deep_supervision=True: a model with one "
+                "output returns logits at the input size."
+            )
         scales = tuple(float(s) for s in scales)
         if scale_dilations not in ("auto", None):
             scale_dilations = tuple(int(d) for d in scale_dilations)
@@ -429,12 +447,29 @@ class MultiScaleSegmenter(keras.Model):
         final = ResizeToReference(name="final_upsample", dtype="float32")([final_on_grid, images])
         outputs = final
         if deep_supervision:
-            outputs = {"final": final}
+            # The 1 + S logits for the losses, on the input or on a coarser grid.
+            loss_grid = (
+                images
+                if loss_stride == 1
+                else ResizeByScale(1.0 / loss_stride, name="loss_grid_reference")(images)
+            )
+            outputs = {
+                "final": final
+                if loss_stride == 1
+                else ResizeToReference(name="final_to_loss_grid", dtype="float32")(
+                    [final_on_grid, loss_grid]
+                )
+            }
             if len(scales) > 1:
                 for scale, scores in zip(scales, scale_scores, strict=True):
-                    outputs[f"scale_{scale}"] = ResizeToReference(
-                        name=f"scale_{scale}_upsample", dtype="float32"
-                    )([scores, images])
+                    name = (
+                        f"scale_{scale}_upsample"
+                        if loss_stride == 1
+                        else f"scale_{scale}_to_loss_grid"
+                    )
+                    outputs[f"scale_{scale}"] = ResizeToReference(name=name, dtype="float32")(
+                        [scores, loss_grid]
+                    )
         super().__init__(inputs=images, outputs=outputs, **kwargs)
 
         # === Config ===
@@ -454,6 +489,7 @@ class MultiScaleSegmenter(keras.Model):
         self.attention_bound = None if attention_bound is None else float(attention_bound)
         self.head_stride = head_stride
         self.score_refinement = score_refinement
+        self.loss_stride = loss_stride
         self.image_shape = input_shape
 
     def __call__(self, inputs, *args, **kwargs):
@@ -534,6 +570,7 @@ class MultiScaleSegmenter(keras.Model):
                 "attention_bound": self.attention_bound,
                 "head_stride": self.head_stride,
                 "score_refinement": self.score_refinement,
+                "loss_stride": self.loss_stride,
                 "input_shape": self.image_shape,
             }
         )
@@ -575,7 +612,7 @@ def inference_copy(model):
     become a plain logits model that loads anywhere.
     """
     config = model.get_config()
-    config.update(deep_supervision=False, dtype="float32")
+    config.update(deep_supervision=False, loss_stride=1, dtype="float32")
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("float32")
     try:

@@ -177,7 +177,11 @@ def val_dataset(config):
 
 def build_model(config, deep_supervision=True):
     """The `MultiScaleSegmenter` a resolved config's `model` section describes."""
-    return MultiScaleSegmenter(**config.model, deep_supervision=deep_supervision)
+    return MultiScaleSegmenter(
+        **config.model,
+        deep_supervision=deep_supervision,
+        loss_stride=config.loss_stride if deep_supervision else 1,
+    )
 
 
 def learning_rate_schedule(config):
@@ -228,6 +232,9 @@ def _check_or_write_config(config, out_dir, write):
     # Whatever else the folder holds (a backup or not): its outputs belong to that
     # config, and a run with another one would overwrite them.
     if stored is not None:
+        # A config written before a field existed ran with that field's default.
+        defaults = config_to_json(TrainConfig())
+        stored = {**{key: defaults[key] for key in defaults if key != "model"}, **stored}
         # The data may move between restarts; everything else defines the run.
         differing = differing_keys(stored, current)
         if differing:
