@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from subprocess_script import run_script
 
-from keras_msattn.losses import SegmentationCrossEntropy, deep_supervision_losses
+from keras_msattn.losses import SegmentationCrossEntropy, deep_supervision_losses, labels_on_grid
 
 
 def numpy_cross_entropy(labels, logits, ignore_label=255, pixel_weights=None):
@@ -238,3 +238,44 @@ def test_reduction_under_mirrored_strategy():
     assert out["update_error"] < 1e-5
     # The shards hold 13 and 16 valid pixels, so this differs from the batch mean.
     assert out["batch_gradient_gap"] > 1e-3
+
+
+def test_labels_on_grid_takes_the_pixel_under_each_cell_centre():
+    labels = np.arange(16 * 12).reshape(1, 16, 12)
+    logits = np.zeros((1, 4, 3, 2), "float32")
+    sampled = np.asarray(labels_on_grid(labels, logits))
+    # Cells of 4x4 pixels: centres at rows and columns 2, 6, 10, (14).
+    np.testing.assert_array_equal(sampled, labels[:, 2::4, 2::4])
+    # Uneven cells: 10 pixels onto 4 cells have centres 1.25, 3.75, 6.25, 8.75.
+    uneven = np.asarray(labels_on_grid(labels[:, :10, :10], np.zeros((1, 4, 4, 2))))
+    np.testing.assert_array_equal(uneven, labels[:, [1, 3, 6, 8]][:, :, [1, 3, 6, 8]])
+    same = np.zeros((1, 16, 12, 2), "float32")
+    np.testing.assert_array_equal(np.asarray(labels_on_grid(labels, same)), labels)
+
+
+def test_labels_on_grid_with_sizes_known_only_at_run_time():
+    labels = np.random.default_rng(0).integers(0, 5, (2, 20, 28)).astype("int32")
+    logits = np.zeros((2, 5, 7, 3), "float32")
+    spec = [tf.TensorSpec((None, None, None), "int32"), tf.TensorSpec((None, None, None, 3))]
+    sampled = tf.function(labels_on_grid, input_signature=spec)(labels, logits)
+    np.testing.assert_array_equal(np.asarray(sampled), labels[:, 2::4, 2::4])
+
+
+def test_loss_on_a_coarser_grid_compares_with_the_sampled_labels():
+    labels, _ = random_batch(seed=5, shape=(3, 20, 24))
+    labels[0, :6] = 255
+    logits = np.random.default_rng(6).normal(size=(3, 5, 6, 4)).astype("float32")
+    pixel_weights = np.random.default_rng(7).uniform(size=labels.shape).astype("float32")
+    loss = SegmentationCrossEntropy()
+    sampled, sampled_weights = labels[:, 2::4, 2::4], pixel_weights[:, 2::4, 2::4]
+    np.testing.assert_allclose(
+        float(loss(labels, logits)), numpy_cross_entropy(sampled, logits), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        float(loss(labels, logits, sample_weight=pixel_weights)),
+        numpy_cross_entropy(sampled, logits, pixel_weights=sampled_weights),
+        rtol=1e-5,
+    )
+    # Upsampling the logits to the labels instead gives another value: the grid matters.
+    upsampled = np.repeat(np.repeat(logits, 4, axis=1), 4, axis=2)
+    assert abs(float(loss(labels, upsampled)) - float(loss(labels, logits))) > 1e-3

@@ -288,3 +288,20 @@ def test_metrics_sum_over_replicas_under_mirrored_strategy():
     expected = numpy_confusion(labels, logits.argmax(-1), 4)
     np.testing.assert_array_equal(out["matrix"], expected)
     assert out["miou"] == pytest.approx(numpy_scores(expected)[0], rel=1e-6)
+
+
+def test_logits_on_a_coarser_grid_are_scored_against_the_sampled_labels():
+    rng = np.random.default_rng(11)
+    labels = rng.integers(0, NUM_CLASSES, (2, 24, 16))
+    labels[0, :4] = 255
+    logits = rng.normal(size=(2, 6, 4, NUM_CLASSES)).astype("float32")
+    weights = rng.uniform(size=labels.shape)
+    metric = ConfusionMatrix(NUM_CLASSES)
+    metric.update_state(labels, logits, sample_weight=weights)
+    expected = numpy_confusion(
+        labels[:, 2::4, 2::4],
+        logits.argmax(-1),
+        NUM_CLASSES,
+        weights=weights[:, 2::4, 2::4],
+    )
+    np.testing.assert_allclose(np.asarray(metric.result()), expected)

@@ -150,6 +150,30 @@ def test_deep_supervision_returns_final_and_each_scale():
     assert output_names((1.0,)) == ["final"]
 
 
+@pytest.mark.parametrize(
+    "fusion, scales",
+    [("attention", (1.0, 0.5)), ("average", (1.0, 0.5)), (None, (1.0,))],
+)
+def test_loss_stride_puts_every_deep_supervision_output_on_its_grid(fusion, scales):
+    model = tiny(fusion=fusion, scales=scales, deep_supervision=True, loss_stride=4)
+    images = random_images(2, 64, 72)
+    outputs = model(images)
+    assert list(outputs) == output_names(scales)
+    for value in outputs.values():
+        assert tuple(value.shape) == (2, 16, 18, 4) and value.dtype == "float32"
+    # "final" is the fused logits map, resized onto the loss grid; on the heads'
+    # stride-4 grid of the attention fusion that resize changes nothing.
+    fused_name = "classifier" if fusion is None else "scale_fusion"
+    fused = keras.Model(model.input, model.get_layer(fused_name).output)(images)
+    on_grid = keras.ops.image.resize(fused, (16, 18))
+    np.testing.assert_allclose(np.asarray(outputs["final"]), np.asarray(on_grid), atol=1e-5)
+    # The same weights at full resolution: the inference output is that map upsampled.
+    full = MultiScaleSegmenter.from_config({**model.get_config(), "loss_stride": 1})
+    full.set_weights(model.get_weights())
+    expected = keras.ops.image.resize(fused, (64, 72))
+    np.testing.assert_allclose(np.asarray(full(images)["final"]), np.asarray(expected), atol=1e-4)
+
+
 def test_deep_supervision_trains_with_one_plus_s_losses():
     model = tiny(deep_supervision=True)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -253,6 +277,9 @@ def test_rejects_images_smaller_than_the_scales_allow():
         (dict(recalibration="scale"), "recalibration"),
         (dict(attention_bound=0), "attention_bound"),
         (dict(attention_bound=True), "attention_bound"),
+        (dict(deep_supervision=True, loss_stride=3), "loss_stride"),
+        (dict(deep_supervision=True, loss_stride=True), "loss_stride"),
+        (dict(loss_stride=4), "loss_stride"),  # one output: logits at the input size
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, argument):

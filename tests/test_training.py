@@ -1,5 +1,6 @@
 """`msattn train`: a recipe end to end on a fake VOC tree, the inference copy, NaN, bad input."""
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -122,6 +123,9 @@ def test_inference_copy_is_the_final_output_with_the_same_weights():
         variable.assign(variable.numpy() + rng.normal(0, 0.05, variable.shape).astype("float32"))
     clone = inference_copy(model)
     assert not clone.deep_supervision and len(clone.weights) == len(model.weights)
+    # Trained with its losses on the stride-4 grid, a model still infers at full size.
+    coarse = inference_copy(training.build_model(dataclasses.replace(config, loss_stride=4)))
+    assert coarse.loss_stride == 1 and coarse(np.zeros((1, 64, 64, 3))).shape == (1, 64, 64, 5)
     images = rng.uniform(0, 255, (2, 64, 64, 3)).astype("float32")
     expected = model(images, training=False)["final"]
     np.testing.assert_allclose(clone(images, training=False), expected, rtol=1e-5, atol=1e-5)
@@ -183,6 +187,8 @@ def test_nan_loss_stops_with_the_step_and_a_nonzero_exit(tmp_path, capsys):
         ),
         (["--set", "steps=0"], "`steps` must be an integer >= 1, got 0"),
         (["--set", 'optimizer="lamb"'], "`optimizer` must be one of ('sgd', 'adam', 'adamw')"),
+        (["--set", "loss_stride=3"], "`loss_stride` must be one of (1, 2, 4, 8), got 3"),
+        (["--set", "model.loss_stride=4"], "`model.loss_stride` is set by training itself"),
     ],
 )
 def test_bad_arguments_are_errors_naming_the_choices(arguments, message, tmp_path, capsys):
@@ -265,3 +271,17 @@ def test_several_values_per_set_and_repeated_sets_train_the_same_config(tmp_path
     out = capsys.readouterr().out
     assert out.count("training memory (estimate):") == 1
     assert "GiB per device at 2 image(s) per device" in out
+
+
+def test_a_config_written_before_a_field_existed_resumes_with_its_default(tmp_path):
+    config = resolve_config(TrainConfig(dataset="scale_digits", train_split="train"))
+    training._check_or_write_config(config, str(tmp_path), write=True)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    del stored["loss_stride"]  # as an older version wrote it
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    training._check_or_write_config(config, str(tmp_path), write=False)
+    # A field that differs from that default is still another run's config.
+    with pytest.raises(ValueError, match="differs in: loss_stride"):
+        training._check_or_write_config(
+            dataclasses.replace(config, loss_stride=4), str(tmp_path), write=False
+        )
