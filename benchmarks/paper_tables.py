@@ -119,6 +119,8 @@ METRICS = ("miou", "miou_small", "miou_medium", "miou_large")
 
 
 def parse_args(argv=None):
+    from keras_msattn.quickstart import quickstart_config
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1500, help="optimizer steps per run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -139,9 +141,10 @@ def parse_args(argv=None):
     parser.add_argument(
         "--loss-stride",
         type=int,
-        default=1,
+        default=quickstart_config().loss_stride,
         choices=(1, 2, 4, 8),
-        help="grid of the 1 + S losses (TrainConfig.loss_stride); 1 is full resolution",
+        help="grid of the 1 + S losses (TrainConfig.loss_stride; default: the quickstart's); "
+        "1 is full resolution",
     )
     parser.add_argument(
         "--variety",

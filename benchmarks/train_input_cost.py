@@ -12,6 +12,7 @@ in `--rounds` rounds of `--steps` steps (the order rotates each round).
 
     python benchmarks/train_input_cost.py                  # ~5 min on 2 cores
     python benchmarks/train_input_cost.py --strides 8 --rounds 4 --steps 20
+    python benchmarks/train_input_cost.py --strides 16 --loss-strides 1 4
 """
 
 import argparse
@@ -26,6 +27,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strides", type=int, nargs="+", default=[16, 8], choices=(8, 16, 32))
+    parser.add_argument(
+        "--loss-strides", type=int, nargs="+", default=[1], choices=(1, 2, 4, 8),
+        help="grids of the 1 + S losses (TrainConfig.loss_stride)",
+    )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per run per round")
     parser.add_argument("--warmup", type=int, default=5)
@@ -37,14 +42,15 @@ def parse_args(argv=None):
     return args
 
 
-def build(output_stride):
+def build(output_stride, loss_stride=1):
     import keras
 
     from keras_msattn import training
     from keras_msattn.config import apply_overrides, resolve_config
     from keras_msattn.quickstart import quickstart_config
 
-    config = apply_overrides(quickstart_config(), {"model": {"output_stride": output_stride}})
+    overrides = {"model": {"output_stride": output_stride}, "loss_stride": loss_stride}
+    config = apply_overrides(quickstart_config(), overrides)
     config = resolve_config(config)
     keras.utils.set_random_seed(0)
     model = training.build_model(config)
@@ -60,11 +66,15 @@ def main(argv=None):
 
     runs = {}
     for stride in args.strides:
-        model, config = build(stride)
-        real = training.train_dataset(config, seed=0)
-        cached = real.take(args.cached).cache().repeat()
-        runs[f"stride {stride}, images generated"] = (model, iter(real))
-        runs[f"stride {stride}, {args.cached} batches in memory"] = (model, iter(cached))
+        for loss_stride in args.loss_strides:
+            model, config = build(stride, loss_stride)
+            real = training.train_dataset(config, seed=0)
+            cached = real.take(args.cached).cache().repeat()
+            name = f"stride {stride}" + (
+                f" losses at {loss_stride}" if args.loss_strides != [1] else ""
+            )
+            runs[f"{name}, images generated"] = (model, iter(real))
+            runs[f"{name}, {args.cached} batches in memory"] = (model, iter(cached))
     steps = {
         name: (lambda model=model, batches=batches: model.train_on_batch(*next(batches)))
         for name, (model, batches) in runs.items()
