@@ -16,7 +16,7 @@ model their name belongs to:
     other        everything else (input resize, normalization, ...)
 
     python benchmarks/train_step_profile.py                  # single scale and attention
-    python benchmarks/train_step_profile.py --top 30 --steps 10
+    python benchmarks/train_step_profile.py --loss-strides 1 4 --top 10
 
 Profiling slows every op a little; the shares, not the milliseconds, are the
 result. `benchmarks/train_step.py` gives the untraced step times.
@@ -54,6 +54,10 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=5, help="traced steps per model")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--top", type=int, default=15, help="ops listed per model")
+    parser.add_argument(
+        "--loss-strides", type=int, nargs="+", default=[4], choices=(1, 2, 4, 8),
+        help="grids of the 1 + S losses (4: the quickstart's)",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -117,13 +121,14 @@ def profile(model, images, labels, steps, warmup):
 
 def main(argv=None):
     args = parse_args(argv)
-    variants = {
-        "single scale": dict(scales=(1.0,), fusion=None),
-        "attention (quickstart)": {},
-    }
+    variants = {}
+    for loss_stride in args.loss_strides:
+        suffix = f", losses at stride {loss_stride}"
+        variants["single scale" + suffix] = (dict(scales=(1.0,), fusion=None), loss_stride)
+        variants["attention" + suffix] = ({}, loss_stride)
     by_part = {}
-    for name, overrides in variants.items():
-        model, images, labels = build(overrides)
+    for name, (overrides, loss_stride) in variants.items():
+        model, images, labels = build(overrides, loss_stride)
         per_op, wall = profile(model, images, labels, args.steps, args.warmup)
         parts = collections.Counter()
         for op, ms in per_op.items():
@@ -142,18 +147,14 @@ def main(argv=None):
         f"\nop time per step by part ({args.steps} traced steps after {args.warmup}; "
         f"load average (1 min) {os.getloadavg()[0]:.2f})"
     )
-    print("| part | " + " | ".join(f"{n} ms" for n in names) + " | difference ms |")
-    print("|---|" + "---|" * (len(names) + 1))
+    print("| part | " + " | ".join(f"{n} ms" for n in names) + " |")
+    print("|---|" + "---|" * len(names))
     for part in PARTS:
-        values = [by_part[n][0][part] for n in names]
-        cells = " | ".join(f"{v:.1f}" for v in values)
-        print(f"| {part} | {cells} | {values[-1] - values[0]:+.1f} |")
-    totals = [sum(by_part[n][0].values()) for n in names]
-    cells = " | ".join(f"{v:.1f}" for v in totals)
-    print(f"| all ops | {cells} | {totals[-1] - totals[0]:+.1f} |")
-    walls = [by_part[n][1] for n in names]
-    cells = " | ".join(f"{v:.1f}" for v in walls)
-    print(f"| wall time of a traced step | {cells} | {walls[-1] - walls[0]:+.1f} |")
+        print(f"| {part} | " + " | ".join(f"{by_part[n][0][part]:.1f}" for n in names) + " |")
+    print("| all ops | " + " | ".join(f"{sum(by_part[n][0].values()):.1f}" for n in names) + " |")
+    print(
+        "| wall time of a traced step | " + " | ".join(f"{by_part[n][1]:.1f}" for n in names) + " |"
+    )
     return 0
 
 
