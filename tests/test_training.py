@@ -8,6 +8,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from fake_datasets import make_fake_voc
 
 import keras_msattn  # noqa: F401  (registers the classes for safe-mode loading)
@@ -23,7 +24,7 @@ from keras_msattn.config import (
 )
 from keras_msattn.files import TEMPORARY_PREFIX
 from keras_msattn.keras_internals import flatten_layers
-from keras_msattn.segmenter import inference_copy
+from keras_msattn.segmenter import inference_copy, output_names
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 VOC_RECIPE = str(RECIPES / "voc2012_vgg16_largefov.py")
@@ -285,3 +286,28 @@ def test_a_config_written_before_a_field_existed_resumes_with_its_default(tmp_pa
         training._check_or_write_config(
             dataclasses.replace(config, loss_stride=4), str(tmp_path), write=False
         )
+
+
+def test_the_first_training_step_creates_no_variables():
+    # A variable created inside the traced step makes tf.function trace it twice.
+    config = resolve_config(
+        TrainConfig(dataset="scale_digits", train_split="train", loss_stride=4, model=dict(
+            backbone="mobilenet_v2", backbone_width=0.35, backbone_weights=None,
+            head_channels=8, output_stride=16,
+        ))
+    )  # fmt: skip
+    model = training.compile_model(training.build_model(config), config)
+    # The dummy batch that built the trackers left no value in them.
+    values = [float(v) for m in model.metrics for v in keras.tree.flatten(m.result())]
+    assert values and all(v == 0.0 for v in values)
+    created = []
+
+    def record(next_creator, **kwargs):
+        created.append(kwargs.get("name"))
+        return next_creator(**kwargs)
+
+    images = np.zeros((2, 64, 64, 3), "float32")
+    labels = {name: np.zeros((2, 64, 64), "int32") for name in output_names(config.scales)}
+    with tf.variable_creator_scope(record):
+        model.train_on_batch(images, labels)
+    assert created == []
