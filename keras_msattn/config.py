@@ -180,13 +180,10 @@ def _check_dataset_options(config):
 
 def check_config(config):
     """Raises ValueError naming the first field with an unusable value."""
-    from keras_msattn.segmenter import LOSS_STRIDES
+    from keras_msattn.segmenter import check_loss_stride
 
     _check_field_types(config)
-    if config.loss_stride not in LOSS_STRIDES or isinstance(config.loss_stride, bool):
-        raise ValueError(
-            f"`loss_stride` must be one of {LOSS_STRIDES}, got {config.loss_stride!r}."
-        )
+    check_loss_stride(config.loss_stride)  # before the model is built: no --out yet
     for name, minimum in (("steps", 1), ("steps_per_epoch", 1), ("batch_size", 1), ("seed", 0)):
         if not _is_int(getattr(config, name), minimum):
             raise ValueError(

@@ -59,6 +59,12 @@ def output_names(scales):
     return ["final"] + [f"scale_{s}" for s in scales]
 
 
+def check_loss_stride(loss_stride):
+    """Raises ValueError unless `loss_stride` is one of `LOSS_STRIDES`."""
+    if loss_stride not in LOSS_STRIDES or isinstance(loss_stride, bool):
+        raise ValueError(f"`loss_stride` must be one of {LOSS_STRIDES}, got {loss_stride!r}.")
+
+
 def default_scale_dilations(scales):
     """12 for the largest scale, 2 for the smallest, geometric in between (the paper's 2 scales: 12, 2)."""
     if len(scales) == 1:
@@ -250,8 +256,7 @@ class MultiScaleSegmenter(keras.Model):
         _check_types(scales, hypercolumn, pyramid_pooling, deep_supervision, output_stride)
         if not isinstance(score_refinement, bool):
             raise ValueError(f"`score_refinement` must be True or False, got {score_refinement!r}.")
-        if loss_stride not in LOSS_STRIDES or isinstance(loss_stride, bool):
-            raise ValueError(f"`loss_stride` must be one of {LOSS_STRIDES}, got {loss_stride!r}.")
+        check_loss_stride(loss_stride)
         if loss_stride != 1 and not deep_supervision:
             raise ValueError(
                 f"`loss_stride`={loss_stride!r} needs deep_supervision=True: a model with one "
