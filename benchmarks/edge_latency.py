@@ -4,13 +4,15 @@ The edge model of docs/performance.md: MobileNetV2 x1.0, output stride 16, a
 512x512 input, 21 classes, full-resolution logits, exported with
 `export_tflite` (int8: post-training, 8 random calibration images). For the
 single-scale model and the two-scale attention model with its heads on each
-`--head-strides` grid, both files are timed with the LiteRT interpreter in
+`--head-strides` grid (with full or depthwise-separable 3x3 convs,
+`--head-convs`), both files are timed with the LiteRT interpreter in
 interleaved rounds (the order rotates each round, so machine load hits all),
 and the ratios to single scale are taken round by round, in one run.
 
     python benchmarks/edge_latency.py                         # heads at stride 4 and 16
     python benchmarks/edge_latency.py --head-strides 4 8 16 --rounds 8 --threads 2
     python benchmarks/edge_latency.py --size 256 --rounds 2   # a quick look
+    python benchmarks/edge_latency.py --head-strides 4 8 --head-convs full separable
 
 Exports go to `--out` (default: a temporary folder) with their verification
 reports; `--keep` leaves them there for a per-op profile.
@@ -29,6 +31,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--head-strides", type=int, nargs="+", default=[4, 16])
+    parser.add_argument(
+        "--head-convs",
+        nargs="+",
+        default=["full"],
+        choices=["full", "separable"],
+        help="the heads' 3x3 convs: full, or depthwise + 1x1 (separable_heads=True)",
+    )
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--num-classes", type=int, default=21)
     parser.add_argument("--width", type=float, default=1.0, help="MobileNetV2 width")
@@ -40,7 +49,7 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def build(name, head_stride, args):
+def build(name, head_stride, separable, args):
     import keras
 
     from keras_msattn import MultiScaleSegmenter
@@ -55,7 +64,9 @@ def build(name, head_stride, args):
     )
     if name == "single":
         return MultiScaleSegmenter(scales=(1.0,), fusion=None, **common)
-    return MultiScaleSegmenter(scales=(1.0, 0.5), head_stride=head_stride, **common)
+    return MultiScaleSegmenter(
+        scales=(1.0, 0.5), head_stride=head_stride, separable_heads=separable, **common
+    )
 
 
 def export_all(args, folder):
@@ -67,15 +78,23 @@ def export_all(args, folder):
 
     rng = np.random.default_rng(0)
     calibration = rng.uniform(0, 255, (8, args.size, args.size, 3)).astype("float32")
-    names = ["single"] + [f"attention, heads at stride {s}" for s in args.head_strides]
-    strides = [None, *args.head_strides]
+    models = [("single", None, False, "single")] + [
+        (
+            f"attention, heads at stride {stride}" + (", separable" if conv == "separable" else ""),
+            stride,
+            conv == "separable",
+            f"attention{stride}" + ("_separable" if conv == "separable" else ""),
+        )
+        for conv in args.head_convs
+        for stride in args.head_strides
+    ]
     files = {}
-    for name, stride in zip(names, strides, strict=True):
+    for name, stride, separable, stem in models:
         keras.backend.clear_session()
-        model = build(name, stride, args)
+        model = build(name, stride, separable, args)
         files[name] = {}
         for quantization in ("none", "int8"):
-            path = os.path.join(folder, f"{name.split(',')[0]}{stride or ''}_{quantization}.tflite")
+            path = os.path.join(folder, f"{stem}_{quantization}.tflite")
             report = export_tflite(
                 model,
                 path,

@@ -71,6 +71,8 @@ VARIANTS = {
     # The edge model's cheaper heads (docs/performance.md): the merge on the stride-16
     # grid of the 1x input instead of the paper's stride 4.
     "full_heads_stride16": dict(_FULL, head_stride=16),
+    # The edge model's other cheaper heads: depthwise 3x3 + 1x1 convs on the paper's grid.
+    "full_separable_heads": dict(_FULL, separable_heads=True),
     # Scores finer than the output stride (docs/results.md, "How fine the output can be").
     "full_refined_scores": dict(_FULL, score_refinement=True),
     "full_refined_scores_bounded_gate": dict(_FULL, score_refinement=True, attention_bound=4.0),
@@ -93,6 +95,7 @@ LABELS = {
     "full_dilations_reversed": "full, dilations 2 (1x) / 12 (0.5x)",
     "full_bounded_gate": "full, attention softmax(4 tanh(z / 4))",
     "full_heads_stride16": "full, heads on the stride-16 grid",
+    "full_separable_heads": "full, depthwise-separable heads",
     "full_refined_scores": "full, scores refined from the hypercolumn",
     "full_refined_scores_bounded_gate": "full, refined scores, bounded attention",
     "full_backbone_first": "full, backbone trained alone for the first half",
@@ -111,6 +114,7 @@ PAPER_VOC = {
     "full_dilations_reversed": None,
     "full_bounded_gate": None,
     "full_heads_stride16": None,
+    "full_separable_heads": None,
     "full_refined_scores": None,
     "full_refined_scores_bounded_gate": None,
     "full_backbone_first": None,
@@ -478,6 +482,7 @@ PAIRS = (
     ("full_bounded_gate", "full"),
     ("full_dilations_reversed", "full"),
     ("full_heads_stride16", "full"),
+    ("full_separable_heads", "full"),
     ("full_refined_scores", "full"),
     ("full_refined_scores_bounded_gate", "full_refined_scores"),
     ("full_backbone_first", "full"),

@@ -218,6 +218,11 @@ class MultiScaleSegmenter(keras.Model):
             the last stage alone, so no output is finer than `output_stride`; small
             objects a few strides wide are then lost whatever the attention does
             (docs/results.md, "How fine the output can be").
+        separable_heads: for the attention fusions, every 3x3 conv of the heads
+            (the scale-specific dilated convs, the location-attention and the
+            recalibration branch) as a depthwise 3x3 conv (same dilation) and a
+            1x1 conv, as DeepLabV3+ builds its mobile heads: about 7x fewer head
+            FLOPs at the same widths and grid (docs/performance.md).
         input_shape: `(H, W, 3)`; `H` and `W` may be `None`.
 
     Only `fusion="attention"` reads `hypercolumn`, `scale_dilations` and
@@ -250,12 +255,20 @@ class MultiScaleSegmenter(keras.Model):
         head_stride=4,
         score_refinement=False,
         loss_stride=1,
+        separable_heads=False,
         input_shape=(None, None, 3),
         **kwargs,
     ):
         _check_types(scales, hypercolumn, pyramid_pooling, deep_supervision, output_stride)
         if not isinstance(score_refinement, bool):
             raise ValueError(f"`score_refinement` must be True or False, got {score_refinement!r}.")
+        if not isinstance(separable_heads, bool):
+            raise ValueError(f"`separable_heads` must be True or False, got {separable_heads!r}.")
+        if separable_heads and fusion not in ("attention", "attention_to_scale"):
+            raise ValueError(
+                f"`separable_heads`=True has no effect with fusion={fusion!r}: only the "
+                "attention fusions have heads. Leave it out."
+            )
         check_loss_stride(loss_stride)
         if loss_stride != 1 and not deep_supervision:
             raise ValueError(
@@ -380,26 +393,28 @@ class MultiScaleSegmenter(keras.Model):
                     else taps[0]
                 )
                 dilated.append(
-                    layers.Conv2D(
+                    _head_conv(
                         head_channels,
-                        3,
-                        padding="same",
-                        dilation_rate=dilation,
-                        activation="relu",
+                        dilation,
+                        separable_heads,
                         name=f"scale_{scale}_dilated_conv",
                     )(hypercolumn_features)
                 )
             attention_features = layers.Concatenate(name="attention_features")(dilated)
             scale_weights = _scale_weights(
                 _attention_branch(
-                    attention_features, head_channels, len(scales), "location_attention"
+                    attention_features,
+                    head_channels,
+                    len(scales),
+                    "location_attention",
+                    separable_heads,
                 ),
                 attention_bound,
             )
             recalibration_map = None
             if recalibration is not None:
                 recalibration_map = _attention_branch(
-                    attention_features, head_channels, num_classes, "recalibration"
+                    attention_features, head_channels, num_classes, "recalibration", separable_heads
                 )
                 recalibration_map = layers.Activation(
                     "sigmoid" if recalibration == "multiply" else "linear",
@@ -439,7 +454,11 @@ class MultiScaleSegmenter(keras.Model):
                 attention_features = layers.Concatenate(name="attention_features")(last_stage)
                 scale_weights = _scale_weights(
                     _attention_branch(
-                        attention_features, head_channels, len(scales), "location_attention"
+                        attention_features,
+                        head_channels,
+                        len(scales),
+                        "location_attention",
+                        separable_heads,
                     ),
                     attention_bound,
                 )
@@ -495,6 +514,7 @@ class MultiScaleSegmenter(keras.Model):
         self.head_stride = head_stride
         self.score_refinement = score_refinement
         self.loss_stride = loss_stride
+        self.separable_heads = separable_heads
         self.image_shape = input_shape
 
     def __call__(self, inputs, *args, **kwargs):
@@ -576,6 +596,7 @@ class MultiScaleSegmenter(keras.Model):
                 "head_stride": self.head_stride,
                 "score_refinement": self.score_refinement,
                 "loss_stride": self.loss_stride,
+                "separable_heads": self.separable_heads,
                 "input_shape": self.image_shape,
             }
         )
@@ -593,11 +614,15 @@ def _scale_weights(logits, bound):
     return layers.Softmax(axis=-1, name="scale_weights", dtype="float32")(logits)
 
 
-def _attention_branch(features, channels, outputs, name):
+def _head_conv(channels, dilation, separable, name):
+    """A head's 3x3 conv + ReLU: a full conv, or depthwise 3x3 then 1x1 (`separable_heads`)."""
+    conv = layers.SeparableConv2D if separable else layers.Conv2D
+    return conv(channels, 3, padding="same", dilation_rate=dilation, activation="relu", name=name)
+
+
+def _attention_branch(features, channels, outputs, name, separable):
     """Attention-to-scale's head: 3x3 conv + ReLU, then a 1x1 conv to `outputs` maps."""
-    hidden = layers.Conv2D(channels, 3, padding="same", activation="relu", name=f"{name}_conv")(
-        features
-    )
+    hidden = _head_conv(channels, 1, separable, name=f"{name}_conv")(features)
     return layers.Conv2D(outputs, 1, name=f"{name}_logits")(hidden)
 
 

@@ -18,7 +18,7 @@ SIZE = 64
 NUM_CLASSES = 3
 
 
-def tiny_trained_segmenter():
+def tiny_trained_segmenter(**kwargs):
     """MobileNetV2 (alpha 0.35) segmenter, a few eager steps on colour-threshold labels."""
     keras.utils.set_random_seed(0)
     model = MultiScaleSegmenter(
@@ -26,6 +26,7 @@ def tiny_trained_segmenter():
         num_classes=NUM_CLASSES,
         backbone_width=0.35,
         input_shape=(SIZE, SIZE, 3),
+        **kwargs,
     )
     images, labels = colour_data(8, seed=0)
     # With the seed set above this is the same model in every run (checked: equal
@@ -155,6 +156,39 @@ def test_integer_artifacts_agree_with_keras(exported, quantization):
     assert (labels[decided] == expected[decided]).mean() >= 0.995
     # Every compute operator runs in int8.
     assert reports[quantization]["float_ops"] == {}
+
+
+def test_separable_heads_export_as_dilated_depthwise_convs_in_int8(tmp_path):
+    model = tiny_trained_segmenter(separable_heads=True)
+    calibration, _ = colour_data(8, seed=1)
+    validation = colour_data(4, seed=2)
+    path = tmp_path / "separable_int8.tflite"
+    report = export_tflite(
+        model,
+        path,
+        quantization="int8",
+        calibration_images=calibration,
+        num_calibration=8,
+        validation_data=validation,
+        num_threads=1,
+    )
+    assert report["flex_ops"] == [] and report["float_ops"] == {}
+    # The dilated depthwise convs stay single ops (no SPACE_TO_BATCH_ND around them).
+    assert "SPACE_TO_BATCH_ND" not in report["ops"]
+    model_object = schema.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
+    depthwise_code = [
+        index
+        for index, code in enumerate(model_object.operatorCodes)
+        if max(code.builtinCode, code.deprecatedBuiltinCode)
+        == schema.BuiltinOperator.DEPTHWISE_CONV_2D
+    ]
+    factors = sorted(
+        op.builtinOptions.dilationHFactor
+        for op in model_object.subgraphs[0].operators
+        if op.opcodeIndex in depthwise_code
+    )
+    assert factors[-1] == model.get_layer("scale_1.0_dilated_conv").dilation_rate[0] == 12
+    assert report["agreement"]["argmax_agreement"] >= 0.98
 
 
 def test_int8_full_io_types(exported):

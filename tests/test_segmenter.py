@@ -459,3 +459,56 @@ def test_score_refinement_is_checked_and_only_for_the_paper_attention():
     with pytest.raises(ValueError, match="`score_refinement`=True has no effect"):
         tiny(fusion="max", score_refinement=True)
     assert tiny().get_config()["score_refinement"] is False  # the paper's scores
+
+
+def _depthwise_then_pointwise(inputs, depthwise, pointwise, bias, dilation):
+    """NumPy reference: a 'same'-padded dilated depthwise 3x3 conv, a 1x1 conv, ReLU."""
+    height, width, _ = inputs.shape
+    padded = np.pad(inputs, ((dilation, dilation), (dilation, dilation), (0, 0)))
+    spatial = np.zeros_like(inputs)
+    for i in range(3):
+        for j in range(3):
+            window = padded[
+                i * dilation : i * dilation + height, j * dilation : j * dilation + width
+            ]
+            spatial += window * depthwise[i, j, :, 0]
+    return np.maximum(spatial @ pointwise[0, 0] + bias, 0.0)
+
+
+def test_separable_heads_are_a_dilated_depthwise_conv_then_a_pointwise_conv(tmp_path):
+    model = tiny(separable_heads=True, scale_dilations=(3, 2))
+    full = tiny()
+    images = random_images(1, 64, 64)
+    names = ["scale_1.0_hypercolumn", "scale_1.0_dilated_conv"]
+    names += ["scale_0.5_hypercolumn", "scale_0.5_dilated_conv"]
+    values = [np.asarray(v)[0] for v in probe(model, names)(images)]
+    for index, dilation in enumerate((3, 2)):
+        layer = model.get_layer(names[2 * index + 1])
+        assert isinstance(layer, keras.layers.SeparableConv2D)
+        depthwise, pointwise, bias = (np.asarray(w) for w in layer.weights)
+        expected = _depthwise_then_pointwise(
+            values[2 * index], depthwise, pointwise, bias, dilation
+        )
+        np.testing.assert_allclose(values[2 * index + 1], expected, rtol=1e-4, atol=1e-4)
+    for name in ("location_attention_conv", "recalibration_conv"):
+        assert isinstance(model.get_layer(name), keras.layers.SeparableConv2D)
+        assert isinstance(full.get_layer(name), keras.layers.Conv2D)
+    # Same widths and grid, a fraction of the heads' weights.
+    heads = model.count_params() - full.count_params()
+    assert heads < -0.5 * (full.count_params() - full.backbone.count_params())
+    path = str(tmp_path / "separable.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path, safe_mode=True)
+    assert restored.get_config()["separable_heads"] is True
+    np.testing.assert_allclose(np.asarray(restored(images)), np.asarray(model(images)), atol=1e-5)
+
+
+def test_separable_heads_are_checked_and_only_for_the_attention_fusions():
+    with pytest.raises(ValueError, match="`separable_heads` must be True or False"):
+        tiny(separable_heads=1)
+    with pytest.raises(ValueError, match="`separable_heads`=True has no effect"):
+        tiny(fusion="average", separable_heads=True)
+    model = tiny(fusion="attention_to_scale", separable_heads=True)
+    assert isinstance(model.get_layer("location_attention_conv"), keras.layers.SeparableConv2D)
+    assert tuple(model(random_images(1, 48, 48)).shape) == (1, 48, 48, 4)
+    assert tiny().get_config()["separable_heads"] is False  # the paper's full convs
