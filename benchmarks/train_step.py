@@ -5,14 +5,15 @@ quickstart_config`: MobileNetV2 x0.35, output stride 16, 16-channel heads,
 batch 8 of 128-px crops, Adam, the `1 + S` deep-supervision losses), built and
 compiled as `msattn train` does, trained on one repeated synthetic batch (the
 input pipeline costs nothing). Models: single scale, and the attention model
-with its heads on each `--head-strides` grid, each with its losses on each
-`--loss-strides` grid (`TrainConfig.loss_stride`: 1 is full resolution). After
+with its heads on each `--head-strides` grid (with full or depthwise-separable
+3x3 convs, `--head-convs`), each with its losses on each `--loss-strides` grid (`TrainConfig.loss_stride`: 1 is full resolution). After
 `--warmup` untimed steps, the models take turns in `--rounds` rounds of
 `--steps` steps (the order rotates each round); the ratio to single scale (with
 the same loss stride, and with full-resolution losses) is taken round by round.
 
     python benchmarks/train_step.py                       # heads at stride 4 and 16
     python benchmarks/train_step.py --head-strides 4 --loss-strides 1 4
+    python benchmarks/train_step.py --head-strides 4 8 --head-convs full separable --loss-strides 4
 """
 
 import argparse
@@ -28,6 +29,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--head-strides", type=int, nargs="+", default=[4, 16])
+    parser.add_argument(
+        "--head-convs",
+        nargs="+",
+        default=["full"],
+        choices=["full", "separable"],
+        help="the heads' 3x3 convs: full, or depthwise + 1x1 (separable_heads=True)",
+    )
     parser.add_argument("--loss-strides", type=int, nargs="+", default=[1])
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per model per round")
@@ -88,10 +96,13 @@ def main(argv=None):
         suffix = "" if args.loss_strides == [1] else f", losses at stride {loss_stride}"
         variants[f"single scale{suffix}"] = (dict(scales=(1.0,), fusion=None), loss_stride)
         for stride in args.head_strides:
-            variants[f"attention, heads at stride {stride}{suffix}"] = (
-                dict(head_stride=stride),
-                loss_stride,
-            )
+            for conv in args.head_convs:
+                separable = conv == "separable"
+                kind = ", separable" if separable else ""
+                variants[f"attention, heads at stride {stride}{kind}{suffix}"] = (
+                    dict(head_stride=stride, separable_heads=separable),
+                    loss_stride,
+                )
     models = {name: build(*arguments) for name, arguments in variants.items()}
     steps = {
         name: (

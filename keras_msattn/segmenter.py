@@ -221,7 +221,7 @@ class MultiScaleSegmenter(keras.Model):
         separable_heads: for the attention fusions, every 3x3 conv of the heads
             (the scale-specific dilated convs, the location-attention and the
             recalibration branch) as a depthwise 3x3 conv (same dilation) and a
-            1x1 conv, as DeepLabV3+ builds its mobile heads: about 7x fewer head
+            1x1 conv, as DeepLabV3+ builds its mobile heads: about 6x fewer head
             FLOPs at the same widths and grid (docs/performance.md).
         input_shape: `(H, W, 3)`; `H` and `W` may be `None`.
 
