@@ -15,7 +15,10 @@ and the ratios to single scale are taken round by round, in one run.
     python benchmarks/edge_latency.py --head-strides 4 8 --head-convs full separable
 
 Exports go to `--out` (default: a temporary folder) with their verification
-reports; `--keep` leaves them there for a per-op profile.
+reports; `--keep` leaves them there for a per-op profile. `--reference DIR`
+times TF Model Garden's MobileNetV2-DeepLabV3 files written there by
+`benchmarks/model_garden_export.py` in the same rounds, and adds each model's
+ratio to the one with the same full-resolution output.
 """
 
 import argparse
@@ -46,6 +49,11 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="folder of benchmarks/model_garden_export.py's .tflite files, timed alongside",
+    )
     return parser.parse_args(argv)
 
 
@@ -109,6 +117,32 @@ def export_all(args, folder):
     return files
 
 
+REFERENCES = {
+    "model_garden_os16": "Model Garden MNv2-DeepLabV3, its stride-16 logits",
+    "model_garden_512": "Model Garden MNv2-DeepLabV3, upsampled to 512x512",
+}
+
+
+def load_references(folder):
+    """{name: {quantization: (path, ops)}} for Model Garden's files in `folder`."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    files = {}
+    for stem, name in REFERENCES.items():
+        files[name] = {}
+        for quantization in ("none", "int8"):
+            path = os.path.join(folder, f"{stem}_{quantization}.tflite")
+            if not os.path.exists(path):
+                sys.exit(
+                    f"error: --reference: {path} does not exist. Write it with "
+                    f"benchmarks/model_garden_export.py --out {folder}"
+                )
+            with open(path, "rb") as file:
+                model = schema.ModelT.InitFromPackedBuf(file.read(), 0)
+            files[name][quantization] = (path, len(model.subgraphs[0].operators))
+    return files
+
+
 def time_all(files, args):
     import numpy as np
 
@@ -139,11 +173,11 @@ def report(files, medians, args):
         "| int8 ops |"
     )
     print("|---|---|---|---|---|---|---|")
+
+    def ratio(a, b):
+        return statistics.median(x / y for x, y in zip(medians[a], medians[b], strict=True))
+
     for name in files:
-
-        def ratio(a, b):
-            return statistics.median(x / y for x, y in zip(medians[a], medians[b], strict=True))
-
         float_ms = statistics.median(medians[(name, "none")])
         int8_ms = statistics.median(medians[(name, "int8")])
         print(
@@ -152,13 +186,25 @@ def report(files, medians, args):
             f"{ratio((name, 'int8'), ('single', 'int8')):.2f}x | "
             f"{ratio((name, 'int8'), (name, 'none')):.2f}x | {files[name]['int8'][1]} |"
         )
+    reference = REFERENCES["model_garden_512"]
+    if reference in files:
+        print(f"\n| model | float32 / {reference} | int8 / {reference} |")
+        print("|---|---|---|")
+        for name in files:
+            if name not in REFERENCES.values():
+                print(
+                    f"| {name} | {ratio((name, 'none'), (reference, 'none')):.2f}x | "
+                    f"{ratio((name, 'int8'), (reference, 'int8')):.2f}x |"
+                )
 
 
 def main(argv=None):
     args = parse_args(argv)
     folder = args.out or tempfile.mkdtemp(prefix="edge-latency-")
     os.makedirs(folder, exist_ok=True)
+    references = load_references(args.reference) if args.reference else {}
     files = export_all(args, folder)
+    files.update(references)
     medians = time_all(files, args)
     report(files, medians, args)
     if not args.keep and args.out is None:
