@@ -53,6 +53,7 @@ _FULL = dict(
     scale_dilations="auto",
     recalibration="multiply",
     pyramid_pooling=False,
+    separable_heads=False,  # the paper's full 3x3 convs, not the mobile default
 )
 VARIANTS = {
     "single_scale": dict(_FULL, scales=(1.0,), fusion=None),
@@ -73,6 +74,10 @@ VARIANTS = {
     "full_heads_stride16": dict(_FULL, head_stride=16),
     # The edge model's other cheaper heads: depthwise 3x3 + 1x1 convs on the paper's grid.
     "full_separable_heads": dict(_FULL, separable_heads=True),
+    "full_separable_heads_stride8": dict(_FULL, separable_heads=True, head_stride=8),
+    "full_separable_heads_dilations_reversed": dict(
+        _FULL, separable_heads=True, scale_dilations=(2, 12)
+    ),
     # Scores finer than the output stride (docs/results.md, "How fine the output can be").
     "full_refined_scores": dict(_FULL, score_refinement=True),
     "full_refined_scores_bounded_gate": dict(_FULL, score_refinement=True, attention_bound=4.0),
@@ -96,6 +101,8 @@ LABELS = {
     "full_bounded_gate": "full, attention softmax(4 tanh(z / 4))",
     "full_heads_stride16": "full, heads on the stride-16 grid",
     "full_separable_heads": "full, depthwise-separable heads",
+    "full_separable_heads_stride8": "full, separable heads on the stride-8 grid",
+    "full_separable_heads_dilations_reversed": "full, separable heads, dilations 2 / 12",
     "full_refined_scores": "full, scores refined from the hypercolumn",
     "full_refined_scores_bounded_gate": "full, refined scores, bounded attention",
     "full_backbone_first": "full, backbone trained alone for the first half",
@@ -115,6 +122,8 @@ PAPER_VOC = {
     "full_bounded_gate": None,
     "full_heads_stride16": None,
     "full_separable_heads": None,
+    "full_separable_heads_stride8": None,
+    "full_separable_heads_dilations_reversed": None,
     "full_refined_scores": None,
     "full_refined_scores_bounded_gate": None,
     "full_backbone_first": None,
@@ -483,6 +492,9 @@ PAIRS = (
     ("full_dilations_reversed", "full"),
     ("full_heads_stride16", "full"),
     ("full_separable_heads", "full"),
+    ("full_separable_heads_stride8", "full_separable_heads"),
+    ("full_separable_heads_dilations_reversed", "full_separable_heads"),
+    ("full_separable_heads_dilations_reversed", "full_dilations_reversed"),
     ("full_refined_scores", "full"),
     ("full_refined_scores_bounded_gate", "full_refined_scores"),
     ("full_backbone_first", "full"),

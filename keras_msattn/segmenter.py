@@ -46,6 +46,11 @@ DEFAULT_HEAD_CHANNELS = {
     "resnet101_d8": 128,
     "mobilenet_v2": 32,
 }
+# Backbones whose attention heads are depthwise-separable by default
+# (`separable_heads="auto"`): on the phone-sized model they cost 6x fewer FLOPs
+# than the paper's full 3x3 convs and scored better on the miniature's paired
+# seeds (docs/results.md); the paper's backbones keep the paper's heads.
+SEPARABLE_HEADS_BACKBONES = ("mobilenet_v2",)
 HYPERCOLUMN_STAGES = ("stage1", "stage2", "stage3", "stage4")
 # The paper's section 3: dilation 12 for the large (1x) scale, 2 for the small (0.5x).
 PAPER_DILATIONS = (12, 2)
@@ -222,7 +227,9 @@ class MultiScaleSegmenter(keras.Model):
             (the scale-specific dilated convs, the location-attention and the
             recalibration branch) as a depthwise 3x3 conv (same dilation) and a
             1x1 conv, as DeepLabV3+ builds its mobile heads: about 6x fewer head
-            FLOPs at the same widths and grid (docs/performance.md).
+            FLOPs at the same widths and grid (docs/performance.md). `"auto"`
+            (default): separable for `mobilenet_v2` with an attention fusion,
+            the paper's full convs otherwise.
         input_shape: `(H, W, 3)`; `H` and `W` may be `None`.
 
     Only `fusion="attention"` reads `hypercolumn`, `scale_dilations` and
@@ -255,15 +262,22 @@ class MultiScaleSegmenter(keras.Model):
         head_stride=4,
         score_refinement=False,
         loss_stride=1,
-        separable_heads=False,
+        separable_heads="auto",
         input_shape=(None, None, 3),
         **kwargs,
     ):
         _check_types(scales, hypercolumn, pyramid_pooling, deep_supervision, output_stride)
         if not isinstance(score_refinement, bool):
             raise ValueError(f"`score_refinement` must be True or False, got {score_refinement!r}.")
+        if isinstance(separable_heads, str) and separable_heads == "auto":
+            separable_heads = (
+                fusion in ("attention", "attention_to_scale")
+                and backbone in SEPARABLE_HEADS_BACKBONES
+            )
         if not isinstance(separable_heads, bool):
-            raise ValueError(f"`separable_heads` must be True or False, got {separable_heads!r}.")
+            raise ValueError(
+                f"`separable_heads` must be True, False or 'auto', got {separable_heads!r}."
+            )
         if separable_heads and fusion not in ("attention", "attention_to_scale"):
             raise ValueError(
                 f"`separable_heads`=True has no effect with fusion={fusion!r}: only the "
@@ -604,7 +618,8 @@ class MultiScaleSegmenter(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        # A model saved before `separable_heads` existed has the paper's full convs.
+        return cls(**{"separable_heads": False, **config})
 
 
 def _scale_weights(logits, bound):

@@ -504,7 +504,7 @@ def test_separable_heads_are_a_dilated_depthwise_conv_then_a_pointwise_conv(tmp_
 
 
 def test_separable_heads_are_checked_and_only_for_the_attention_fusions():
-    with pytest.raises(ValueError, match="`separable_heads` must be True or False"):
+    with pytest.raises(ValueError, match="`separable_heads` must be True, False or 'auto'"):
         tiny(separable_heads=1)
     with pytest.raises(ValueError, match="`separable_heads`=True has no effect"):
         tiny(fusion="average", separable_heads=True)
@@ -512,3 +512,22 @@ def test_separable_heads_are_checked_and_only_for_the_attention_fusions():
     assert isinstance(model.get_layer("location_attention_conv"), keras.layers.SeparableConv2D)
     assert tuple(model(random_images(1, 48, 48)).shape) == (1, 48, 48, 4)
     assert tiny().get_config()["separable_heads"] is False  # the paper's full convs
+
+
+def test_separable_heads_default_to_the_mobile_backbone_and_old_saves_keep_full_convs(tmp_path):
+    mobile = dict(backbone="mobilenet_v2", backbone_width=0.35, output_stride=16)
+    model = tiny(**mobile)
+    assert model.get_config()["separable_heads"] is True
+    assert isinstance(model.get_layer("recalibration_conv"), keras.layers.SeparableConv2D)
+    assert tiny(**mobile, scales=(1.0,), fusion=None).get_config()["separable_heads"] is False
+    assert tiny(**mobile, fusion="average").get_config()["separable_heads"] is False
+    assert tiny(fusion="attention_to_scale").get_config()["separable_heads"] is False
+    # A config saved before the option existed has no key: it rebuilds the full convs
+    # its weights were trained for, not the new default.
+    full = tiny(**mobile, separable_heads=False)
+    config = full.get_config()
+    del config["separable_heads"]
+    restored = MultiScaleSegmenter.from_config(config)
+    assert isinstance(restored.get_layer("recalibration_conv"), keras.layers.Conv2D)
+    assert not isinstance(restored.get_layer("recalibration_conv"), keras.layers.SeparableConv2D)
+    restored.set_weights(full.get_weights())
