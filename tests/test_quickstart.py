@@ -13,6 +13,8 @@ def test_quickstart_config_is_the_two_scale_attention_edge_model():
     assert config.dataset == "scale_digits" and model["backbone"] == "mobilenet_v2"
     assert tuple(model["scales"]) == (1.0, 0.5) and model["fusion"] == "attention"
     assert config.steps == 10 and model["backbone_weights"] is None
+    # Full head convs: the separable default scored lower at the quickstart's budget.
+    assert model["separable_heads"] is False
 
 
 def test_quickstart_writes_model_exports_figures_and_report(tmp_path):
