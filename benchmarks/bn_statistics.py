@@ -48,47 +48,19 @@ def parse_args(argv=None):
     for path in args.models:
         if not os.path.isfile(path):
             parser.error(f"model not found: {path}")
-    if args.images < args.batch_size or args.batch_size < 2:
-        parser.error("need --batch-size >= 2 and --images >= --batch-size")
+    if args.batch_size < 2 or args.images % args.batch_size:
+        # Batch statistics of a short last batch would not be comparable.
+        parser.error("need --batch-size >= 2 and --images a multiple of --batch-size")
     return args
 
 
 def score(model, images, labels, size_maps, batch_size, training):
     """{stream: {size: pixel accuracy}} and the 0.5x weight by size, one BN mode."""
-    import keras
-    import numpy as np
+    from keras_msattn.quickstart import scale_weight_by_size, stream_accuracy_by_size
 
-    scales = [str(s) for s in model.scales]
-    outputs = {s: model.get_layer(f"scale_{s}_logits_to_grid").output for s in scales}
-    outputs["final"] = model.output
-    outputs["weights"] = model.get_layer("scale_weights").output
-    probe = keras.Model(model.input, outputs)
-    hits = {stream: np.zeros(3) for stream in scales + ["final"]}
-    weight = np.zeros(3)
-    counts = np.zeros(3)
-    height, width = labels.shape[1:3]
-    for start in range(0, len(images) - batch_size + 1, batch_size):
-        batch = images[start : start + batch_size].astype("float32")
-        label, size = labels[start : start + batch_size], size_maps[start : start + batch_size]
-        maps = {k: np.asarray(v) for k, v in probe(batch, training=training).items()}
-        predictions = {"final": maps["final"].argmax(-1)}
-        grid = maps["weights"].shape[1:3]
-        rows = (np.arange(height) * grid[0] / height).astype(int)
-        cols = (np.arange(width) * grid[1] / width).astype(int)
-        for s in scales:
-            predictions[s] = maps[s].argmax(-1)[:, rows][:, :, cols]
-        low_weight = maps["weights"][..., scales.index("0.5")][:, rows][:, :, cols]
-        for bucket in range(3):
-            mask = size == bucket + 1
-            counts[bucket] += mask.sum()
-            weight[bucket] += low_weight[mask].sum()
-            for stream in hits:
-                hits[stream][bucket] += (predictions[stream][mask] == label[mask]).sum()
-    accuracy = {
-        stream: {SIZES[b]: float(hits[stream][b] / max(counts[b], 1)) for b in range(3)}
-        for stream in hits
-    }
-    return accuracy, {SIZES[b]: float(weight[b] / max(counts[b], 1)) for b in range(3)}
+    accuracy = stream_accuracy_by_size(model, images, labels, size_maps, batch_size, training)
+    weights = scale_weight_by_size(model, images, size_maps, batch_size, training)
+    return accuracy, {size: weights[size]["0.5"] for size in SIZES}
 
 
 def recorded(path):

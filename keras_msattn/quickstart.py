@@ -91,14 +91,15 @@ def _examples(split, count, seed):
     return np.stack(images), np.stack(labels), np.stack(size_maps)
 
 
-def scale_weight_by_size(model, images, size_maps, batch_size=16):
+def scale_weight_by_size(model, images, size_maps, batch_size=16, training=False):
     """Mean attention weight of each scale's stream over the pixels of small, medium
-    and large digits: does the model look at 0.5x for large digits, 1x for small?"""
+    and large digits: does the model look at 0.5x for large digits, 1x for small?
+    `training` as in `MultiScaleSegmenter.attention_maps`."""
     sums = np.zeros((4, len(model.scales)))
     counts = np.zeros(4)
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size].astype("float32")
-        weights = model.attention_maps(batch)["scale_weights"]
+        weights = model.attention_maps(batch, training=training)["scale_weights"]
         height, width = weights.shape[1:3]
         # The size map, sampled onto the attention grid (nearest neighbour).
         rows = (np.arange(height) + 0.5) * size_maps.shape[1] / height
@@ -116,13 +117,14 @@ def scale_weight_by_size(model, images, size_maps, batch_size=16):
     }
 
 
-def stream_accuracy_by_size(model, images, labels, size_maps, batch_size=16):
+def stream_accuracy_by_size(model, images, labels, size_maps, batch_size=16, training=False):
     """Pixel accuracy of each scale's own logits and of the final output, on the
     pixels of small, medium and large digits: is one stream better anywhere?
 
     Each stream's logits (`attention_maps(...)["scale_logits"]`, on the fusion's
     grid) are compared after a nearest-neighbour resize of their argmax to the
     label size. Returns `{"1.0": {"small": ..., ...}, "0.5": ..., "final": ...}`.
+    `training` as in `MultiScaleSegmenter.attention_maps`.
     """
     names = ("small", "medium", "large")
     streams = [str(s) for s in model.scales] + ["final"]
@@ -132,9 +134,10 @@ def stream_accuracy_by_size(model, images, labels, size_maps, batch_size=16):
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size].astype("float32")
         label, size = labels[start : start + batch_size], size_maps[start : start + batch_size]
-        predictions = {"final": np.asarray(model(batch, training=False)).argmax(-1)}
+        predictions = {"final": np.asarray(model(batch, training=training)).argmax(-1)}
         if len(model.scales) > 1:
-            for scale, logits in model.attention_maps(batch)["scale_logits"].items():
+            maps = model.attention_maps(batch, training=training)
+            for scale, logits in maps["scale_logits"].items():
                 rows = (np.arange(height) * logits.shape[1] / height).astype(int)
                 cols = (np.arange(width) * logits.shape[2] / width).astype(int)
                 predictions[str(scale)] = logits.argmax(-1)[:, rows][:, :, cols]

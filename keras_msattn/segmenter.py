@@ -48,8 +48,9 @@ DEFAULT_HEAD_CHANNELS = {
 }
 # Backbones whose attention heads are depthwise-separable by default
 # (`separable_heads="auto"`): on the phone-sized model they cost 6x fewer FLOPs
-# than the paper's full 3x3 convs and scored better on the miniature's paired
-# seeds (docs/results.md); the paper's backbones keep the paper's heads.
+# than the paper's full 3x3 convs. On the miniature they scored higher at 1,500
+# steps and lower at 2,800 (docs/results.md); the paper's backbones keep the
+# paper's heads.
 SEPARABLE_HEADS_BACKBONES = ("mobilenet_v2",)
 HYPERCOLUMN_STAGES = ("stage1", "stage2", "stage3", "stage4")
 # The paper's section 3: dilation 12 for the large (1x) scale, 2 for the small (0.5x).
@@ -553,7 +554,7 @@ class MultiScaleSegmenter(keras.Model):
                 f"This model was built for {fixed_h}x{fixed_w} inputs, got {height}x{width}."
             )
 
-    def attention_maps(self, images):
+    def attention_maps(self, images, training=False):
         """What the fusion saw, on its grid, as numpy arrays.
 
         Returns a dict with `"scale_logits"` (`{scale: (B, h, w, C)}`), and for
@@ -562,6 +563,9 @@ class MultiScaleSegmenter(keras.Model):
         `"recalibration"` (`(B, h, w, C)`; in (0, 1) for `"multiply"`). The grid is
         the `head_stride` grid of the input for `fusion="attention"` and the score grid
         (stride `output_stride`) otherwise; a single-scale model returns its score map.
+        `training=True` normalises every backbone pass with its own batch's
+        statistics (and, as in any Keras call, updates the moving ones): a
+        diagnostic of the shared statistics (benchmarks/bn_statistics.py).
         """
         probe = _ATTENTION_PROBES.get(self)
         if probe is None:
@@ -577,7 +581,7 @@ class MultiScaleSegmenter(keras.Model):
                     outputs[key] = self.get_layer(key).output
             probe = keras.Model(self.input, outputs, name=f"{self.name}_attention_probe")
             _ATTENTION_PROBES[self] = probe
-        maps = probe(images, training=False)
+        maps = probe(images, training=training)
         maps["scale_logits"] = {
             float(scale): keras.ops.convert_to_numpy(value).astype("float32")
             for scale, value in maps["scale_logits"].items()

@@ -531,3 +531,14 @@ def test_separable_heads_default_to_the_mobile_backbone_and_old_saves_keep_full_
     assert isinstance(restored.get_layer("recalibration_conv"), keras.layers.Conv2D)
     assert not isinstance(restored.get_layer("recalibration_conv"), keras.layers.SeparableConv2D)
     restored.set_weights(full.get_weights())
+
+
+def test_attention_maps_in_training_mode_use_the_batch_statistics():
+    model = tiny()
+    images = random_images(4, 48, 48)
+    moving = model.attention_maps(images)["scale_logits"][0.5]
+    again = model.attention_maps(images)["scale_logits"][0.5]
+    batch = model.attention_maps(images, training=True)["scale_logits"][0.5]
+    np.testing.assert_array_equal(moving, again)
+    # Fresh moving statistics (mean 0, variance 1) are not the batch's.
+    assert np.abs(batch - moving).max() > 1e-3
