@@ -15,6 +15,7 @@ import time
 import keras
 
 from keras_msattn import checkpoints, files
+from keras_msattn.batch_norm import reestimate_statistics
 from keras_msattn.keras_internals import backup_position, set_initial_epoch
 from keras_msattn.segmenter import copy_weights, inference_copy
 
@@ -177,9 +178,16 @@ class InferenceExport:
         self.model = model
         self.clone = None
 
-    def save(self, path):
+    def save(self, path, batch_norm_batches=None):
+        """Saves the copy; with `batch_norm_batches`, its batch-norm statistics
+        re-estimated on them first (the training model keeps its own). Returns the
+        number of batches re-estimated on (0 for a model without batch norm)."""
         if self.clone is None:
             self.clone = inference_copy(self.model)
         else:
             copy_weights(self.model, self.clone)
+        batches = 0
+        if batch_norm_batches is not None:
+            batches = reestimate_statistics(self.clone, batch_norm_batches)
         files.save_model(self.clone, path)
+        return batches

@@ -79,6 +79,12 @@ class TrainConfig:
     jit_compile: str | bool = False
     seed: int = 0
 
+    # --- After training ---
+    # model.keras gets batch-norm statistics re-estimated on the first N training
+    # images at val_size, not augmented: the moving averages of training crops do
+    # not fit whole images (`keras_msattn.batch_norm`). 0: the moving averages.
+    batch_norm_images: int = 0
+
     @property
     def scales(self):
         """The model's input scales (after `resolve_config`, always set)."""
@@ -178,6 +184,18 @@ def _check_dataset_options(config):
             )
 
 
+def _check_batch_norm_images(config):
+    count = config.batch_norm_images
+    if not _is_int(count, 0):
+        raise ValueError(f"`batch_norm_images` must be an integer >= 0, got {count!r}.")
+    if count and (config.batch_size < 2 or count < config.batch_size):
+        # Batch statistics need 2 or more images, and a batch of them.
+        raise ValueError(
+            f"`batch_norm_images` {count} needs `batch_size` >= 2 and at least one batch "
+            f"of images (batch_size is {config.batch_size}); use 0 to keep the moving averages."
+        )
+
+
 def check_config(config):
     """Raises ValueError naming the first field with an unusable value."""
     from keras_msattn.segmenter import check_loss_stride
@@ -189,6 +207,7 @@ def check_config(config):
             raise ValueError(
                 f"`{name}` must be an integer >= {minimum}, got {getattr(config, name)!r}."
             )
+    _check_batch_norm_images(config)
     for name in ("val_images", "val_size"):
         value = getattr(config, name)
         if value is not None and not _is_int(value, 0 if name == "val_images" else 1):

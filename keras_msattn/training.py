@@ -50,6 +50,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import warnings
 
 import keras
@@ -170,6 +171,21 @@ def val_dataset(config):
         tf.data.experimental.assert_cardinality(math.ceil(count / config.batch_size))
     )
     return _shard_by_data(_with_label_dict(dataset, output_names(config.scales)))
+
+
+def batch_norm_batches(config):
+    """What `batch_norm_images` re-estimates on: the first training images, whole
+    (shrunk to fit `val_size` and padded to it, as validation sees them), not
+    augmented, in batches of `batch_size`; a short last batch is left out."""
+    count = config.batch_norm_images - config.batch_norm_images % config.batch_size
+    dataset = _load(config, config.train_split).take(count)
+    if config.val_size is not None:
+        dataset = dataset.map(
+            lambda image, label: _shrink_to_fit(image, label, config.val_size),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    dataset = eval_pipeline(dataset, batch_size=config.batch_size, pad_to=config.val_size)
+    return dataset.map(lambda images, labels: images)
 
 
 # === Model ===
@@ -405,7 +421,17 @@ def _fit(model, config, out_dir, strategy, chief, verbose, log):
         )
     steps = int(model.optimizer.iterations.numpy())
     model_path = os.path.join(write_dir, "model.keras")
-    export.save(model_path)
+    if config.batch_norm_images:
+        start = time.perf_counter()
+        batches = export.save(model_path, batch_norm_batches=batch_norm_batches(config))
+        log(
+            f"re-estimated the batch-norm statistics of model.keras on {batches} batches of "
+            f"{config.batch_size} training images in {time.perf_counter() - start:.0f} s"
+            if batches
+            else "model.keras has no batch norm to re-estimate"
+        )
+    else:
+        export.save(model_path)
 
     best = files.read_json(best_path(write_dir), None)
     history = files.read_json(os.path.join(write_dir, "history.json"), [])
