@@ -15,6 +15,8 @@ def test_quickstart_config_is_the_two_scale_attention_edge_model():
     assert config.steps == 10 and model["backbone_weights"] is None
     # Full head convs: the separable default scored lower at the quickstart's budget.
     assert model["separable_heads"] is False
+    # Batch-norm statistics of whole images, not of the training crops.
+    assert config.batch_norm_images == 256 and config.val_size == 192 > config.crop_size
 
 
 def test_quickstart_writes_model_exports_figures_and_report(tmp_path):
@@ -57,6 +59,7 @@ def test_quickstart_writes_model_exports_figures_and_report(tmp_path):
         row = " | ".join(f"{accuracy[stream][size]:.3f}" for size in ("small", "medium", "large"))
         assert f"| {name} | {row} |" in report
     assert "| merged output |" in report
+    assert "batch-norm statistics re-estimated on 256 whole training images" in report
     int8 = json.loads((out / "model_int8.report.json").read_text())
     # The summary repeats what the export verified, and the report names the
     # thread count it was timed with.
