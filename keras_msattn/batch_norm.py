@@ -12,18 +12,16 @@ end of training; docs/results.md measures it).
 
 import keras
 
+from keras_msattn.keras_internals import flatten_layers
+
 
 def batch_norm_layers(model):
-    """Every `BatchNormalization` layer of `model` and its nested models, once each."""
+    """Every `BatchNormalization` layer of `model`, nested models and custom
+    layers' sublayers (e.g. `PyramidPooling`'s) included, once each."""
     found = {}
-
-    def visit(layer):
+    for layer in flatten_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             found.setdefault(id(layer), layer)
-        for inner in getattr(layer, "layers", None) or ():
-            visit(inner)
-
-    visit(model)
     return list(found.values())
 
 

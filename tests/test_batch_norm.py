@@ -184,3 +184,21 @@ def test_train_saves_model_keras_with_reestimated_statistics(tmp_path):
         np.testing.assert_allclose(
             layer.moving_variance.numpy(), other.moving_variance.numpy(), rtol=1e-3, atol=1e-5
         )
+
+
+def test_the_walk_finds_batch_norms_held_by_custom_layers():
+    model = MultiScaleSegmenter(
+        num_classes=3, backbone="mobilenet_v2", backbone_width=0.35, backbone_weights=None,
+        head_channels=8, pyramid_pooling=True,
+    )  # fmt: skip
+    pooling = model.get_layer("pyramid_pooling")
+    held = [
+        value for value in vars(pooling).values()
+        if isinstance(value, keras.layers.BatchNormalization)
+    ] + [
+        item for value in vars(pooling).values() if isinstance(value, list)
+        for item in value if isinstance(item, keras.layers.BatchNormalization)
+    ]  # fmt: skip
+    assert held
+    found = {id(layer) for layer in batch_norm_layers(model)}
+    assert {id(layer) for layer in held} <= found
