@@ -165,6 +165,17 @@ def parse_args(argv=None):
         choices=("standard", "broad"),
         help="ScaleDigits rules of the training images (the test splits never change)",
     )
+    parser.add_argument(
+        "--rotation", type=float, default=0.0, help="TrainConfig.rotation_range (degrees)"
+    )
+    parser.add_argument("--shear", type=float, default=0.0, help="TrainConfig.shear_range")
+    parser.add_argument(
+        "--batch-norm-images",
+        type=int,
+        default=quickstart_config().batch_norm_images,
+        help="TrainConfig.batch_norm_images (default: the quickstart's); 0 keeps the "
+        "moving averages",
+    )
     parser.add_argument("--backbone-width", type=float, default=0.35)
     parser.add_argument("--head-channels", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -204,6 +215,9 @@ def settings(args):
         "backbone_width": args.backbone_width,
         "head_channels": args.head_channels,
         "batch_size": args.batch_size,
+        "rotation": args.rotation,
+        "shear": args.shear,
+        "batch_norm_images": args.batch_norm_images,
     }
 
 
@@ -233,6 +247,9 @@ def run_config(args, variant, seed):
         steps=args.steps,
         steps_per_epoch=args.steps,  # one backup, at the end
         seed=seed,
+        rotation_range=args.rotation,
+        shear_range=args.shear,
+        batch_norm_images=args.batch_norm_images,
     )
     return apply_overrides(quickstart_config(steps=args.steps, seed=seed), overrides)
 
@@ -264,7 +281,10 @@ def append_record(path, record):
 
 
 # Settings added after the first records were written, with the value those records had.
-SETTING_DEFAULTS = {"output_stride": 16, "variety": "standard", "loss_stride": 1}
+SETTING_DEFAULTS = {
+    "output_stride": 16, "variety": "standard", "loss_stride": 1,
+    "rotation": 0.0, "shear": 0.0, "batch_norm_images": 0,
+}  # fmt: skip
 
 
 def matching(records, args):
@@ -334,7 +354,9 @@ def train_and_evaluate(args, variant, seed):
     out_dir = os.path.join(
         runs_dir(args.out),
         f"{variant}-seed{seed}-{args.steps}steps-{args.image_size}px-"
-        f"crop{args.crop_size}-os{args.output_stride}-{args.variety}-loss{args.loss_stride}",
+        f"crop{args.crop_size}-os{args.output_stride}-{args.variety}-loss{args.loss_stride}"
+        + (f"-rot{args.rotation:g}-shear{args.shear:g}" if args.rotation or args.shear else "")
+        + (f"-bn{args.batch_norm_images}" if args.batch_norm_images else ""),
     )
     wall_start = time.perf_counter()
     first_phase = {}

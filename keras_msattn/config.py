@@ -50,6 +50,10 @@ class TrainConfig:
     crop_size: int = 321
     scale_range: tuple = (0.5, 2.0)  # random scaling before the crop (DeepLab)
     flip: bool = True  # random horizontal flips
+    # Random rotation (degrees) and horizontal shear of each crop, uniform in
+    # [-value, value]; 0 leaves them out.
+    rotation_range: float = 0.0
+    shear_range: float = 0.0
     val_images: int | None = None  # validate on the first N images; None: all, 0: none
     # Validation images larger than this are shrunk to fit, then all are padded
     # to val_size x val_size: one fixed shape (one trace; PSP needs static shapes).
@@ -208,6 +212,12 @@ def check_config(config):
                 f"`{name}` must be an integer >= {minimum}, got {getattr(config, name)!r}."
             )
     _check_batch_norm_images(config)
+    if not 0 <= config.rotation_range <= 180:
+        raise ValueError(
+            f"`rotation_range` must be in [0, 180] degrees, got {config.rotation_range!r}."
+        )
+    if not 0 <= config.shear_range < 1:
+        raise ValueError(f"`shear_range` must be in [0, 1), got {config.shear_range!r}.")
     for name in ("val_images", "val_size"):
         value = getattr(config, name)
         if value is not None and not _is_int(value, 0 if name == "val_images" else 1):

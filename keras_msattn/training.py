@@ -135,6 +135,8 @@ def train_dataset(config, seed):
         scale_range=tuple(config.scale_range),
         seed=seed,
         flip=config.flip,
+        rotation=config.rotation_range,
+        shear=config.shear_range,
     )
     return _shard_by_data(_with_label_dict(dataset, output_names(config.scales)))
 

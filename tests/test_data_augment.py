@@ -5,7 +5,9 @@ import tensorflow as tf
 from keras_msattn.data.augment import (
     IMAGENET_MEAN,
     _pad_bottom_right,
+    augment,
     eval_pipeline,
+    rotate_and_shear,
     scale_pad_crop,
     scaled_size,
     train_pipeline,
@@ -160,6 +162,58 @@ def test_bad_arguments():
         train_pipeline(ds, crop_size=10, batch_size=2, scale_range=(2.0, 1.0))
     with pytest.raises(ValueError, match="batch_size"):
         eval_pipeline(ds, batch_size=0)
+    with pytest.raises(ValueError, match="rotation"):
+        train_pipeline(ds, crop_size=10, batch_size=2, rotation=200.0)
+    with pytest.raises(ValueError, match="shear"):
+        train_pipeline(ds, crop_size=10, batch_size=2, shear=1.0)
+
+
+def test_shear_moves_rows_by_their_distance_from_the_centre():
+    # Row-coded label (label = row), one marked column: a shear keeps every row
+    # (labels stay on their row) and moves the mark by shear * (row - centre).
+    size, centre = 41, 20
+    label = np.broadcast_to(np.arange(size)[:, None], (size, size)).astype(np.int32).copy()
+    image = np.zeros((size, size, 3), np.float32)
+    image[:, centre] = 250.0
+    for seed in range(20):  # a seed that draws a strong shear (|factor| >= 0.3)
+        out_image, out_label = (
+            x.numpy()
+            for x in rotate_and_shear(
+                tf.constant(image), tf.constant(label), tf.constant([seed, 4]), 0.0, 0.5
+            )
+        )
+        shifts = out_image[:, :, 0].argmax(axis=1) - centre
+        if abs(shifts[0]) >= 6:
+            break
+    rows = np.arange(size)[:, None]
+    assert np.all((out_label == rows) | (out_label == 255))
+    assert shifts[centre] == 0  # the centre row stays put
+    assert shifts[0] == -shifts[-1] and abs(shifts[0]) >= 6
+    assert np.all(np.diff(shifts) * np.sign(shifts[-1]) >= 0)  # monotone in the row
+    # Uncovered pixels: the ignore label, and the mean colour in the image away
+    # from the edge (there bilinear sampling blends in the nearest covered pixel).
+    uncovered = out_label == 255
+    inside = uncovered & np.roll(uncovered, 1, axis=1) & np.roll(uncovered, -1, axis=1)
+    assert inside.sum() > 20
+    np.testing.assert_allclose(
+        out_image[inside], np.broadcast_to(MEAN, (inside.sum(), 3)), atol=1e-3
+    )
+
+
+def test_rotation_and_shear_leave_the_other_random_draws_alone():
+    image, label = _column_pair(40, 50)
+    seed = tf.constant([7, 9])
+
+    def crop(**affine):
+        return augment(image, label, seed, 24, scale_range=(0.7, 1.3), **affine)
+
+    plain_image, plain_label = crop()
+    # An all but identity transform: the same scale, crop and flip as without it.
+    near_image, near_label = crop(rotation=1e-4, shear=1e-6)
+    np.testing.assert_array_equal(near_label.numpy(), plain_label.numpy())
+    np.testing.assert_allclose(near_image.numpy(), plain_image.numpy(), atol=0.05)
+    _, turned = crop(rotation=30.0)
+    assert not np.array_equal(turned.numpy(), plain_label.numpy())
 
 
 def _two_sizes():

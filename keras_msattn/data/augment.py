@@ -2,8 +2,9 @@
 
 `train_pipeline`: shuffle, repeat, then per example a random scale (image bilinear,
 label nearest), padding up to the crop size (image with the mean colour, label with the
-ignore label, on the bottom and right), a random crop and a random horizontal flip, all
-applied to image and label together; then batch and prefetch.
+ignore label, on the bottom and right), a random crop, a random horizontal flip and,
+when asked, a random rotation and shear of the crop, all applied to image and label
+together; then batch and prefetch.
 
 `eval_pipeline`: no augmentation; batches images of different sizes by padding them on
 the bottom and right (label with the ignore label), so predictions cropped to the
@@ -11,6 +12,8 @@ top-left H x W line up with the original image.
 
 Both output float32 images in 0..255 (the model normalizes) and int32 labels.
 """
+
+import math
 
 import tensorflow as tf
 
@@ -86,15 +89,57 @@ def scale_pad_crop(image, label, scale, offset, crop_size, mean=IMAGENET_MEAN, i
     return out_image, out_label
 
 
+def rotate_and_shear(image, label, seed, rotation, shear, ignore_label=255, mean=IMAGENET_MEAN):
+    """A random rotation and horizontal shear about the centre, applied jointly.
+
+    Args:
+        image: float32 (H, W, 3); label: int32 (H, W).
+        seed: shape (2,) int seed.
+        rotation: the angle is uniform in [-rotation, rotation] degrees.
+        shear: the shear factor (x moves by `shear * y`) is uniform in [-shear, shear].
+
+    Returns:
+        The image (bilinear; uncovered pixels the `mean` colour, as padding) and
+        the label (nearest; uncovered pixels `ignore_label`), same shapes.
+    """
+    angle_seed, shear_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    angle = tf.random.stateless_uniform([], angle_seed, -rotation, rotation) * (math.pi / 180.0)
+    factor = tf.random.stateless_uniform([], shear_seed, -shear, shear)
+    shape = tf.shape(label)
+    center_y = (tf.cast(shape[0], tf.float32) - 1.0) / 2.0
+    center_x = (tf.cast(shape[1], tf.float32) - 1.0) / 2.0
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    # Output pixel (x, y) samples the input at R S ((x, y) - c) + c, with S the shear.
+    a, b, c, d = cos, cos * factor - sin, sin, sin * factor + cos
+    transform = tf.stack(
+        [a, b, center_x - a * center_x - b * center_y,
+         c, d, center_y - c * center_x - d * center_y, 0.0, 0.0]
+    )[None]  # fmt: skip
+
+    def warp(values, interpolation, fill):
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=values[None], transforms=transform, output_shape=shape,
+            fill_value=fill, interpolation=interpolation, fill_mode="CONSTANT",
+        )[0]  # fmt: skip
+
+    mean = tf.constant(mean, tf.float32)
+    image = warp(image - mean, "BILINEAR", 0.0) + mean
+    label = warp(tf.cast(label, tf.float32)[..., None], "NEAREST", float(ignore_label))
+    return image, tf.cast(label[..., 0], tf.int32)
+
+
 def augment(image, label, seed, crop_size, scale_range=(0.5, 2.0), ignore_label=255,
-            mean=IMAGENET_MEAN, flip=True):  # fmt: skip
-    """Random scale, pad, crop and flip of one (image, label) pair, applied jointly.
+            mean=IMAGENET_MEAN, flip=True, rotation=0.0, shear=0.0):  # fmt: skip
+    """Random scale, pad, crop, flip, rotation and shear of one (image, label)
+    pair, applied jointly.
 
     Args:
         image: (H, W, 3) image, any numeric dtype.
         label: (H, W) integer label.
         seed: shape (2,) int seed for the stateless random ops.
         crop_size: int or (height, width).
+        rotation, shear: ranges of `rotate_and_shear` on the crop; 0 and 0 (the
+            default) leave it out.
 
     Returns:
         (float32 image (crop_h, crop_w, 3), int32 label (crop_h, crop_w)).
@@ -123,6 +168,12 @@ def augment(image, label, seed, crop_size, scale_range=(0.5, 2.0), ignore_label=
             lambda: (tf.reverse(image, [1]), tf.reverse(label, [1])),
             lambda: (image, label),
         )
+    if rotation or shear:
+        # Folded from the example's seed: the draws above stay what they were.
+        affine_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+        image, label = rotate_and_shear(
+            image, label, affine_seed, rotation, shear, ignore_label, mean
+        )
     image = tf.ensure_shape(image, (crop_h, crop_w, 3))
     label = tf.ensure_shape(label, (crop_h, crop_w))
     return image, label
@@ -140,6 +191,8 @@ def train_pipeline(
     drop_remainder=True,
     repeat=True,
     flip=True,
+    rotation=0.0,
+    shear=0.0,
 ):
     """Shuffle, repeat, augment, batch and prefetch a dataset of (image, label).
 
@@ -158,6 +211,8 @@ def train_pipeline(
         drop_remainder: drop the last partial batch (only matters with repeat=False).
         repeat: repeat forever (use `steps_per_epoch` in `fit`).
         flip: random horizontal flips.
+        rotation: random rotation of each crop, uniform in [-rotation, rotation] degrees.
+        shear: random horizontal shear of each crop, uniform in [-shear, shear].
 
     Returns:
         tf.data.Dataset of (float32 images (B, crop_h, crop_w, 3) in 0..255,
@@ -170,6 +225,10 @@ def train_pipeline(
         raise ValueError(f"scale_range must be (min, max) with 0 < min <= max, got {scale_range}")
     if len(mean) != 3:
         raise ValueError(f"mean must have 3 values (RGB), got {mean!r}")
+    if not 0 <= rotation <= 180:
+        raise ValueError(f"rotation must be in [0, 180] degrees, got {rotation}")
+    if not 0 <= shear < 1:
+        raise ValueError(f"shear must be in [0, 1), got {shear}")
     mean = tuple(float(m) for m in mean)
     if shuffle_buffer:
         ds = ds.shuffle(shuffle_buffer, seed=seed)
@@ -179,8 +238,17 @@ def train_pipeline(
     seeds = tf.data.Dataset.random(seed=seed).batch(2)
     ds = tf.data.Dataset.zip((ds, seeds)).map(
         lambda pair, s: augment(
-            pair[0], pair[1], s, crop_size, scale_range, ignore_label, mean, flip
-        ),
+            pair[0],
+            pair[1],
+            s,
+            crop_size,
+            scale_range,
+            ignore_label,
+            mean,
+            flip,
+            rotation,
+            shear,
+        ),  # fmt: skip
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
