@@ -190,6 +190,9 @@ def test_nan_loss_stops_with_the_step_and_a_nonzero_exit(tmp_path, capsys):
         (["--set", 'optimizer="lamb"'], "`optimizer` must be one of ('sgd', 'adam', 'adamw')"),
         (["--set", "loss_stride=3"], "`loss_stride` must be one of (1, 2, 4, 8), got 3"),
         (["--set", "model.loss_stride=4"], "`model.loss_stride` is set by training itself"),
+        (["--set", "rotation_range=270"], "`rotation_range` must be in [0, 180] degrees, got 270"),
+        (["--set", "shear_range=-0.1"], "`shear_range` must be in [0, 1), got -0.1"),
+        (["--set", "batch_norm_images=4", "batch_size=8"], "`batch_norm_images` 4 needs"),
     ],
 )
 def test_bad_arguments_are_errors_naming_the_choices(arguments, message, tmp_path, capsys):
