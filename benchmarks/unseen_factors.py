@@ -105,11 +105,17 @@ def report(path):
     import numpy as np
 
     records = read_records(path)
-    for count in sorted({r["reestimate"] for r in records}):
-        chosen = [r for r in records if r["reestimate"] == count]
+
+    def group(record):
+        # The folder of the runs (one configuration), and the batch-norm setting.
+        return os.path.dirname(os.path.dirname(record["model"])), record["reestimate"]
+
+    for folder, count in sorted({group(r) for r in records}):
+        chosen = [r for r in records if group(r) == (folder, count)]
         models = sorted({r["model"] for r in chosen})
         print(
-            f"\nbatch norm: {'moving averages' if not count else f're-estimated on {count} images'}"
+            f"\n{folder}; batch norm: "
+            f"{'moving averages' if not count else f're-estimated on {count} images'}"
             f"; mean of {len(models)} models, mIoU points (small / medium / large)\n"
         )
         print("| unseen rules used | mIoU | small | medium | large | mIoU − none |")
