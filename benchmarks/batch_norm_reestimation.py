@@ -15,14 +15,14 @@ skipped, so the script can be stopped and rerun.
 """
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from paper_tables import append_record, git_commit, read_records  # noqa: E402
 
 DEFAULT_OUT = os.path.join("benchmarks", "results", "batch_norm_reestimation.jsonl")
 METRICS = ("miou", "miou_small", "miou_medium", "miou_large")
@@ -46,13 +46,6 @@ def parse_args(argv=None):
     if args.batch_size < 2 or args.images < args.batch_size:
         parser.error("need --batch-size >= 2 and --images >= --batch-size")
     return args
-
-
-def read_records(path):
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def key(record):
@@ -155,17 +148,14 @@ def main(argv=None):
     if args.report:
         report(args.out)
         return
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+    commit = git_commit()
     done = {key(r) for r in read_records(args.out)}
     for path in args.models:
         if (path, args.images, args.crop) in done:
             print(f"skip (recorded): {path}")
             continue
         record = run(path, args, commit)
-        with open(args.out, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_record(args.out, record)
         print(
             f"{run_name(record)}: test {record['moving_test']['miou']:.4f} -> "
             f"{record['reestimated_test']['miou']:.4f}, unseen {record['moving_unseen']['miou']:.4f} "

@@ -24,12 +24,13 @@ One JSON line per (model, mode) in `--out`; a model already recorded is skipped.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from paper_tables import git_commit, read_records  # noqa: E402
 
 DEFAULT_OUT = os.path.join("benchmarks", "results", "bn_statistics.jsonl")
 SIZES = ("small", "medium", "large")
@@ -63,18 +64,10 @@ def score(model, images, labels, size_maps, batch_size, training):
     return accuracy, {size: weights[size]["0.5"] for size in SIZES}
 
 
-def recorded(path):
-    if not os.path.exists(path):
-        return set()
-    with open(path) as f:
-        return {json.loads(line)["model"] for line in f if line.strip()}
-
-
 def report(path):
     import numpy as np
 
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = read_records(path)
     print(
         "| model | BN statistics | 1x stream acc. s / m / l | 0.5x stream acc. | final acc. | 0.5x weight |"
     )
@@ -110,10 +103,8 @@ def main(argv=None):
     images, labels, size_maps = (
         np.stack(a) for a in zip(*dataset.as_numpy_iterator(), strict=True)
     )
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    done = recorded(args.out)
+    commit = git_commit()
+    done = {record["model"] for record in read_records(args.out)}
     for path in args.models:
         if path in done:
             print(f"skip (recorded): {path}")

@@ -21,14 +21,15 @@ skipped.
 
 import argparse
 import dataclasses
-import json
 import os
-import subprocess
 import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from batch_norm_reestimation import training_batches  # noqa: E402
+from paper_tables import append_record, git_commit, read_records  # noqa: E402
 
 DEFAULT_OUT = os.path.join("benchmarks", "results", "unseen_factors.jsonl")
 RULES = ("none", "photos", "fills", "rendering", "placement", "photometric", "all")
@@ -49,13 +50,6 @@ def parse_args(argv=None):
         if not os.path.isfile(path):
             parser.error(f"model not found: {path}")
     return args
-
-
-def read_records(path):
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def unseen_images(rule, count):
@@ -86,19 +80,6 @@ def score(model, examples):
         extra_scores=scale_digits.SizeBucketScores(), verbose=0,
     )  # fmt: skip
     return {name: results[name] for name in METRICS}
-
-
-def reestimated(model, count):
-    import numpy as np
-
-    from keras_msattn.batch_norm import reestimate_statistics
-    from keras_msattn.data import scale_digits
-
-    images = np.stack(
-        [image for image, _ in scale_digits.load("train", image_seed=1, num_images=count)]
-    ).astype("float32")
-    reestimate_statistics(model, [images[i : i + 16] for i in range(0, count - 15, 16)])
-    return model
 
 
 def report(path):
@@ -135,11 +116,10 @@ def main(argv=None):
     if args.report:
         report(args.out)
         return
+    from keras_msattn.batch_norm import reestimate_statistics
     from keras_msattn.inference import load_segmenter
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+    commit = git_commit()
     done = {(r["model"], r["rule"], r["reestimate"]) for r in read_records(args.out)}
     examples = {rule: unseen_images(rule, args.images) for rule in RULES}
     for path in args.models:
@@ -149,14 +129,14 @@ def main(argv=None):
             continue
         model = load_segmenter(path)
         if args.reestimate:
-            model = reestimated(model, args.reestimate)
+            # As batch_norm_reestimation.py: the first N training images of image seed 1.
+            reestimate_statistics(model, training_batches(args.reestimate, 16, crop=None))
         for rule in todo:
             start = time.perf_counter()
             record = {"model": path, "rule": rule, "reestimate": args.reestimate}
             record.update(score(model, examples[rule]), images=args.images, commit=commit)
             record["seconds"] = round(time.perf_counter() - start, 1)
-            with open(args.out, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_record(args.out, record)
             print(
                 f"{os.path.basename(os.path.dirname(path))} {rule}: {record['miou']:.4f}",
                 flush=True,

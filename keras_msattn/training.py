@@ -163,16 +163,20 @@ def val_dataset(config):
     count = int(dataset.reduce(np.int64(0), lambda count, _: count + 1))
     if count == 0:
         raise ValueError(f"the {config.val_split!r} split of {config.dataset!r} has no images.")
+    dataset = _whole_image_batches(dataset, config).apply(
+        tf.data.experimental.assert_cardinality(math.ceil(count / config.batch_size))
+    )
+    return _shard_by_data(_with_label_dict(dataset, output_names(config.scales)))
+
+
+def _whole_image_batches(dataset, config):
+    # Validation's view of whole images: shrunk to fit val_size, padded to it.
     if config.val_size is not None:
         dataset = dataset.map(
             lambda image, label: _shrink_to_fit(image, label, config.val_size),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
-    dataset = eval_pipeline(dataset, batch_size=config.batch_size, pad_to=config.val_size)
-    dataset = dataset.apply(
-        tf.data.experimental.assert_cardinality(math.ceil(count / config.batch_size))
-    )
-    return _shard_by_data(_with_label_dict(dataset, output_names(config.scales)))
+    return eval_pipeline(dataset, batch_size=config.batch_size, pad_to=config.val_size)
 
 
 def batch_norm_batches(config):
@@ -181,13 +185,7 @@ def batch_norm_batches(config):
     augmented, in batches of `batch_size`; a short last batch is left out."""
     count = config.batch_norm_images - config.batch_norm_images % config.batch_size
     dataset = _load(config, config.train_split).take(count)
-    if config.val_size is not None:
-        dataset = dataset.map(
-            lambda image, label: _shrink_to_fit(image, label, config.val_size),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-    dataset = eval_pipeline(dataset, batch_size=config.batch_size, pad_to=config.val_size)
-    return dataset.map(lambda images, labels: images)
+    return _whole_image_batches(dataset, config).map(lambda images, labels: images)
 
 
 # === Model ===
@@ -423,17 +421,17 @@ def _fit(model, config, out_dir, strategy, chief, verbose, log):
         )
     steps = int(model.optimizer.iterations.numpy())
     model_path = os.path.join(write_dir, "model.keras")
+    start = time.perf_counter()
+    batches = export.save(
+        model_path, batch_norm_batches(config) if config.batch_norm_images else None
+    )
     if config.batch_norm_images:
-        start = time.perf_counter()
-        batches = export.save(model_path, batch_norm_batches=batch_norm_batches(config))
         log(
             f"re-estimated the batch-norm statistics of model.keras on {batches} batches of "
             f"{config.batch_size} training images in {time.perf_counter() - start:.0f} s"
             if batches
             else "model.keras has no batch norm to re-estimate"
         )
-    else:
-        export.save(model_path)
 
     best = files.read_json(best_path(write_dir), None)
     history = files.read_json(os.path.join(write_dir, "history.json"), [])
