@@ -176,6 +176,12 @@ def parse_args(argv=None):
         help="TrainConfig.batch_norm_images (default: the quickstart's); 0 keeps the "
         "moving averages",
     )
+    parser.add_argument(
+        "--hard-pixel-fraction",
+        type=float,
+        default=quickstart_config().hard_pixel_fraction,
+        help="TrainConfig.hard_pixel_fraction (default: the quickstart's)",
+    )
     parser.add_argument("--backbone-width", type=float, default=0.35)
     parser.add_argument("--head-channels", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -195,6 +201,8 @@ def parse_args(argv=None):
     for name in ("steps", "test_images", "batch_size", "head_channels"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0 < args.hard_pixel_fraction <= 1:
+        parser.error(f"--hard-pixel-fraction must be in (0, 1], got {args.hard_pixel_fraction}")
     if args.image_size < 64:
         parser.error(f"--image-size must be >= 64 (ScaleDigits' minimum), got {args.image_size}")
     if any(seed < 0 for seed in args.seeds):
@@ -218,6 +226,7 @@ def settings(args):
         "rotation": args.rotation,
         "shear": args.shear,
         "batch_norm_images": args.batch_norm_images,
+        "hard_pixel_fraction": args.hard_pixel_fraction,
     }
 
 
@@ -250,6 +259,7 @@ def run_config(args, variant, seed):
         rotation_range=args.rotation,
         shear_range=args.shear,
         batch_norm_images=args.batch_norm_images,
+        hard_pixel_fraction=args.hard_pixel_fraction,
     )
     return apply_overrides(quickstart_config(steps=args.steps, seed=seed), overrides)
 
@@ -283,7 +293,7 @@ def append_record(path, record):
 # Settings added after the first records were written, with the value those records had.
 SETTING_DEFAULTS = {
     "output_stride": 16, "variety": "standard", "loss_stride": 1,
-    "rotation": 0.0, "shear": 0.0, "batch_norm_images": 0,
+    "rotation": 0.0, "shear": 0.0, "batch_norm_images": 0, "hard_pixel_fraction": 1.0,
 }  # fmt: skip
 
 
@@ -356,7 +366,8 @@ def train_and_evaluate(args, variant, seed):
         f"{variant}-seed{seed}-{args.steps}steps-{args.image_size}px-"
         f"crop{args.crop_size}-os{args.output_stride}-{args.variety}-loss{args.loss_stride}"
         + (f"-rot{args.rotation:g}-shear{args.shear:g}" if args.rotation or args.shear else "")
-        + (f"-bn{args.batch_norm_images}" if args.batch_norm_images else ""),
+        + (f"-bn{args.batch_norm_images}" if args.batch_norm_images else "")
+        + (f"-hard{args.hard_pixel_fraction:g}" if args.hard_pixel_fraction < 1 else ""),
     )
     wall_start = time.perf_counter()
     first_phase = {}

@@ -76,6 +76,9 @@ class TrainConfig:
     # The grid of the 1 + S losses, as a stride of the crop: 1 (full resolution)
     # or 2, 4, 8 (labels sampled onto it; `MultiScaleSegmenter`'s `loss_stride`).
     loss_stride: int = 1
+    # Below 1, each image's loss averages only this fraction of its pixels, those
+    # with the highest cross-entropy (`SegmentationCrossEntropy`); 1: every pixel.
+    hard_pixel_fraction: float = 1.0
     sync_batchnorm: bool = True  # batch statistics over the global batch, not per replica
     mixed_precision: bool = False  # mixed_float16 on GPU, mixed_bfloat16 elsewhere
     # XLA stays off: the confusion-matrix metrics count with a data-sized bincount,
@@ -202,6 +205,7 @@ def _check_batch_norm_images(config):
 
 def check_config(config):
     """Raises ValueError naming the first field with an unusable value."""
+    from keras_msattn.losses import check_hard_pixel_fraction
     from keras_msattn.segmenter import check_loss_stride
 
     _check_field_types(config)
@@ -212,6 +216,7 @@ def check_config(config):
                 f"`{name}` must be an integer >= {minimum}, got {getattr(config, name)!r}."
             )
     _check_batch_norm_images(config)
+    check_hard_pixel_fraction(config.hard_pixel_fraction)
     if not 0 <= config.rotation_range <= 180:
         raise ValueError(
             f"`rotation_range` must be in [0, 180] degrees, got {config.rotation_range!r}."

@@ -33,6 +33,24 @@ def _squeeze_channel(labels):
     return labels
 
 
+def _hard_pixels(losses, valid, fraction):
+    """1.0 where a pixel is among the `fraction` of its image's pixels with the highest loss.
+
+    `losses (B, h, w)`; only `valid` pixels are chosen. The threshold is the
+    k-th largest loss of each image, k = ceil(fraction * h * w); an image with
+    fewer valid pixels than k keeps all of them.
+    """
+    flat = ops.reshape(
+        ops.where(valid, ops.stop_gradient(losses), -1.0), (ops.shape(losses)[0], -1)
+    )
+    count = ops.cast(ops.shape(flat)[1], "float32")
+    k = ops.cast(ops.maximum(ops.ceil(fraction * count), 1.0), "int32")
+    descending = -ops.sort(-flat, axis=-1)
+    threshold = ops.take(descending, k - 1, axis=1)
+    chosen = ops.greater_equal(losses, ops.reshape(threshold, (-1, 1, 1)))
+    return ops.cast(ops.logical_and(chosen, valid), "float32")
+
+
 def _cell_centres(size, cells):
     # The pixel under the centre of each of `cells` equal cells spanning `size` pixels.
     centres = (ops.cast(ops.arange(cells), "float32") + 0.5) * ops.cast(size, "float32")
@@ -69,6 +87,11 @@ class SegmentationCrossEntropy(keras.losses.Loss):
 
     Args:
         ignore_label: int, label value that contributes no loss. Defaults to 255.
+        hard_pixel_fraction: in (0, 1]. Below 1, each image's loss is the mean
+            over that fraction of its pixels with the highest cross-entropy
+            (online hard-pixel mining, the "bootstrapped" cross-entropy): pixels
+            the model already gets right stop diluting the few it gets wrong,
+            such as a small object's. 1 (default) averages every valid pixel.
         name: loss name.
 
     Inputs:
@@ -85,13 +108,17 @@ class SegmentationCrossEntropy(keras.losses.Loss):
     ```
     """
 
-    def __init__(self, ignore_label=255, name="segmentation_cross_entropy"):
+    def __init__(
+        self, ignore_label=255, hard_pixel_fraction=1.0, name="segmentation_cross_entropy"
+    ):
         if isinstance(ignore_label, bool) or not isinstance(ignore_label, int):
             raise ValueError(
                 f"`ignore_label` must be an int. Received: ignore_label={ignore_label!r}"
             )
+        check_hard_pixel_fraction(hard_pixel_fraction)
         super().__init__(name=name, reduction="mean_with_sample_weight", dtype="float32")
         self.ignore_label = ignore_label
+        self.hard_pixel_fraction = float(hard_pixel_fraction)
 
     def _labels(self, y_true):
         labels = _squeeze_channel(ops.convert_to_tensor(y_true))
@@ -110,6 +137,11 @@ class SegmentationCrossEntropy(keras.losses.Loss):
                 sample_weight = labels_on_grid(sample_weight, y_pred)
             weights = weights * sample_weight
         y_pred = ops.cast(y_pred, "float32")
+        if self.hard_pixel_fraction < 1.0:
+            valid = ops.greater(weights, 0.0)
+            weights = weights * _hard_pixels(
+                self.call(labels, y_pred), valid, self.hard_pixel_fraction
+            )
         return super().__call__(labels, y_pred, sample_weight=weights)
 
     def call(self, y_true, y_pred):
@@ -124,10 +156,19 @@ class SegmentationCrossEntropy(keras.losses.Loss):
         return ops.where(valid, losses, 0.0)
 
     def get_config(self):
-        return {"name": self.name, "ignore_label": self.ignore_label}
+        return {
+            "name": self.name,
+            "ignore_label": self.ignore_label,
+            "hard_pixel_fraction": self.hard_pixel_fraction,
+        }
 
 
-def deep_supervision_losses(output_names, weights=None, ignore_label=255):
+def check_hard_pixel_fraction(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value <= 1:
+        raise ValueError(f"`hard_pixel_fraction` must be a number in (0, 1], got {value!r}.")
+
+
+def deep_supervision_losses(output_names, weights=None, ignore_label=255, hard_pixel_fraction=1.0):
     """Losses and loss weights for `model.compile` on a deep-supervision model.
 
     The paper trains on the sum of `1 + S` cross-entropies: the fused output
@@ -139,6 +180,7 @@ def deep_supervision_losses(output_names, weights=None, ignore_label=255):
         weights: None (1 for every output), a dict `{output_name: weight}`
             (outputs not named keep 1), or a sequence in `output_names` order.
         ignore_label: label value that contributes no loss.
+        hard_pixel_fraction: each output's `SegmentationCrossEntropy` option.
 
     Returns:
         `(losses, loss_weights)`: two dicts keyed by output name, for
@@ -176,7 +218,11 @@ def deep_supervision_losses(output_names, weights=None, ignore_label=255):
                 f"Loss weight for output '{name}' must be a number >= 0. Received: {value!r}"
             )
     losses = {
-        name: SegmentationCrossEntropy(ignore_label=ignore_label, name=f"{name}_cross_entropy")
+        name: SegmentationCrossEntropy(
+            ignore_label=ignore_label,
+            hard_pixel_fraction=hard_pixel_fraction,
+            name=f"{name}_cross_entropy",
+        )
         for name in names
     }
     return losses, {name: float(value) for name, value in resolved.items()}

@@ -208,7 +208,9 @@ def learning_rate_schedule(config):
 def compile_model(model, config):
     """Deep-supervision losses, mIoU and pixel accuracy on "final", the optimizer."""
     names = output_names(config.scales)
-    losses, loss_weights = deep_supervision_losses(names, config.loss_weights)
+    losses, loss_weights = deep_supervision_losses(
+        names, config.loss_weights, hard_pixel_fraction=config.hard_pixel_fraction
+    )
     optimizer = make_optimizer(
         config.optimizer,
         learning_rate_schedule(config),

@@ -113,10 +113,65 @@ def test_sample_weight_is_a_weighted_mean_over_valid_pixels():
 
 def test_config_round_trip_and_serialization():
     loss = SegmentationCrossEntropy(ignore_label=7, name="ce")
-    assert loss.get_config() == {"name": "ce", "ignore_label": 7}
+    assert loss.get_config() == {"name": "ce", "ignore_label": 7, "hard_pixel_fraction": 1.0}
     restored = keras.losses.deserialize(keras.losses.serialize(loss))
     assert isinstance(restored, SegmentationCrossEntropy)
     assert restored.get_config() == loss.get_config()
+
+
+def numpy_hard_pixel_loss(labels, logits, fraction, ignore_label=255):
+    """Per image, the losses of the ceil(fraction * pixels) highest-loss valid pixels;
+    their mean over the batch."""
+    chosen = []
+    for image_labels, image_logits in zip(labels, logits, strict=True):
+        shifted = image_logits - image_logits.max(axis=-1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+        valid = image_labels != ignore_label
+        safe = np.where(valid, image_labels, 0)[..., None]
+        losses = -np.take_along_axis(log_probs, safe, axis=-1)[..., 0][valid]
+        k = int(np.ceil(fraction * image_labels.size))
+        chosen.extend(np.sort(losses)[::-1][:k])
+    return float(np.mean(chosen))
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.5, 0.9])
+def test_hard_pixel_fraction_averages_each_images_highest_losses(fraction):
+    labels, logits = random_batch(seed=5)
+    value = float(SegmentationCrossEntropy(hard_pixel_fraction=fraction)(labels, logits))
+    expected = numpy_hard_pixel_loss(labels, logits, fraction)
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+    # Harder pixels only: above the plain mean, which counts the easy ones too.
+    assert value > numpy_cross_entropy(labels, logits) + 0.1
+
+
+def test_hard_pixel_fraction_one_is_the_plain_mean():
+    labels, logits = random_batch(seed=6)
+    np.testing.assert_allclose(
+        float(SegmentationCrossEntropy(hard_pixel_fraction=1.0)(labels, logits)),
+        numpy_cross_entropy(labels, logits),
+        rtol=1e-5,
+    )
+
+
+def test_hard_pixels_get_the_whole_gradient():
+    labels, logits = random_batch(seed=7)
+    loss = SegmentationCrossEntropy(hard_pixel_fraction=0.25)
+    logits = tf.constant(logits)
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        value = loss(labels, logits)
+    moved = np.abs(tape.gradient(value, logits).numpy()).sum(axis=-1) > 0
+    # Image 0: 30 valid pixels, ceil(0.25 * 30) = 8 get a gradient; image 2 has a
+    # single valid pixel, which is kept; ignored pixels never move.
+    assert moved[0].sum() == 8
+    assert moved[2].sum() == 1 and moved[2, 0, 0]
+    assert not moved[labels == 255].any()
+
+
+@pytest.mark.parametrize("fraction", [0, -0.5, 1.5, "0.5", True])
+def test_bad_hard_pixel_fraction_raises(fraction):
+    with pytest.raises(ValueError, match="hard_pixel_fraction"):
+        SegmentationCrossEntropy(hard_pixel_fraction=fraction)
 
 
 def test_bad_ignore_label_raises():

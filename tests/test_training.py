@@ -193,6 +193,7 @@ def test_nan_loss_stops_with_the_step_and_a_nonzero_exit(tmp_path, capsys):
         (["--set", "rotation_range=270"], "`rotation_range` must be in [0, 180] degrees, got 270"),
         (["--set", "shear_range=-0.1"], "`shear_range` must be in [0, 1), got -0.1"),
         (["--set", "batch_norm_images=4", "batch_size=8"], "`batch_norm_images` 4 needs"),
+        (["--set", "hard_pixel_fraction=0"], "`hard_pixel_fraction` must be a number in"),
     ],
 )
 def test_bad_arguments_are_errors_naming_the_choices(arguments, message, tmp_path, capsys):
@@ -297,9 +298,11 @@ def test_the_first_training_step_creates_no_variables():
         TrainConfig(dataset="scale_digits", train_split="train", loss_stride=4, model=dict(
             backbone="mobilenet_v2", backbone_width=0.35, backbone_weights=None,
             head_channels=8, output_stride=16,
-        ))
+        ), hard_pixel_fraction=0.5)
     )  # fmt: skip
     model = training.compile_model(training.build_model(config), config)
+    # Every one of the 1 + S losses averages its hardest half of the pixels.
+    assert {loss.hard_pixel_fraction for loss in model.loss.values()} == {0.5}
     # The dummy batch that built the trackers left no value in them.
     values = [float(v) for m in model.metrics for v in keras.tree.flatten(m.result())]
     assert values and all(v == 0.0 for v in values)
