@@ -13,6 +13,7 @@ and the ratios to single scale are taken round by round, in one run.
     python benchmarks/edge_latency.py --head-strides 4 8 16 --rounds 8 --threads 2
     python benchmarks/edge_latency.py --size 256 --rounds 2   # a quick look
     python benchmarks/edge_latency.py --head-strides 4 8 --head-convs full separable
+    python benchmarks/edge_latency.py --head-strides 4 --head-convs separable --head-channels 32 16
 
 Exports go to `--out` (default: a temporary folder) with their verification
 reports; `--keep` leaves them there for a per-op profile. `--reference DIR`
@@ -41,6 +42,13 @@ def parse_args(argv=None):
         choices=["full", "separable"],
         help="the heads' 3x3 convs: full, or depthwise + 1x1 (separable_heads=True)",
     )
+    parser.add_argument(
+        "--head-channels",
+        type=int,
+        nargs="+",
+        default=[None],
+        help="the heads' width (head_channels); default: the model's (32 for mobilenet_v2)",
+    )
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--num-classes", type=int, default=21)
     parser.add_argument("--width", type=float, default=1.0, help="MobileNetV2 width")
@@ -57,7 +65,7 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def build(name, head_stride, separable, args):
+def build(name, head_stride, separable, head_channels, args):
     import keras
 
     from keras_msattn import MultiScaleSegmenter
@@ -73,7 +81,11 @@ def build(name, head_stride, separable, args):
     if name == "single":
         return MultiScaleSegmenter(scales=(1.0,), fusion=None, **common)
     return MultiScaleSegmenter(
-        scales=(1.0, 0.5), head_stride=head_stride, separable_heads=separable, **common
+        scales=(1.0, 0.5),
+        head_stride=head_stride,
+        separable_heads=separable,
+        head_channels=head_channels,
+        **common,
     )
 
 
@@ -86,20 +98,26 @@ def export_all(args, folder):
 
     rng = np.random.default_rng(0)
     calibration = rng.uniform(0, 255, (8, args.size, args.size, 3)).astype("float32")
-    models = [("single", None, False, "single")] + [
+    models = [("single", None, False, None, "single")] + [
         (
-            f"attention, heads at stride {stride}" + (", separable" if conv == "separable" else ""),
+            f"attention, heads at stride {stride}"
+            + (", separable" if conv == "separable" else "")
+            + (f", {channels} channels" if channels else ""),
             stride,
             conv == "separable",
-            f"attention{stride}" + ("_separable" if conv == "separable" else ""),
+            channels,
+            f"attention{stride}"
+            + ("_separable" if conv == "separable" else "")
+            + (f"_{channels}ch" if channels else ""),
         )
         for conv in args.head_convs
         for stride in args.head_strides
+        for channels in args.head_channels
     ]
     files = {}
-    for name, stride, separable, stem in models:
+    for name, stride, separable, channels, stem in models:
         keras.backend.clear_session()
-        model = build(name, stride, separable, args)
+        model = build(name, stride, separable, channels, args)
         files[name] = {}
         for quantization in ("none", "int8"):
             path = os.path.join(folder, f"{stem}_{quantization}.tflite")
