@@ -138,6 +138,9 @@ class SegmentationCrossEntropy(keras.losses.Loss):
             weights = weights * sample_weight
         y_pred = ops.cast(y_pred, "float32")
         if self.hard_pixel_fraction < 1.0:
+            # The per-pixel losses are computed once more inside Keras' reduction
+            # below; on the loss grid that is cheap, and that reduction is what
+            # keeps the value right under tf.distribute (module docstring).
             valid = ops.greater(weights, 0.0)
             weights = weights * _hard_pixels(
                 self.call(labels, y_pred), valid, self.hard_pixel_fraction
