@@ -182,6 +182,12 @@ def parse_args(argv=None):
         default=quickstart_config().hard_pixel_fraction,
         help="TrainConfig.hard_pixel_fraction (default: the quickstart's)",
     )
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=quickstart_config().learning_rate,
+        help="TrainConfig.learning_rate, poly-decayed to 0 (default: the quickstart's)",
+    )
     parser.add_argument("--backbone-width", type=float, default=0.35)
     parser.add_argument("--head-channels", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -201,6 +207,8 @@ def parse_args(argv=None):
     for name in ("steps", "test_images", "batch_size", "head_channels"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not args.learning_rate > 0:
+        parser.error(f"--learning-rate must be > 0, got {args.learning_rate}")
     if not 0 < args.hard_pixel_fraction <= 1:
         parser.error(f"--hard-pixel-fraction must be in (0, 1], got {args.hard_pixel_fraction}")
     if args.image_size < 64:
@@ -227,6 +235,7 @@ def settings(args):
         "shear": args.shear,
         "batch_norm_images": args.batch_norm_images,
         "hard_pixel_fraction": args.hard_pixel_fraction,
+        "learning_rate": args.learning_rate,
     }
 
 
@@ -260,6 +269,7 @@ def run_config(args, variant, seed):
         shear_range=args.shear,
         batch_norm_images=args.batch_norm_images,
         hard_pixel_fraction=args.hard_pixel_fraction,
+        learning_rate=args.learning_rate,
     )
     return apply_overrides(quickstart_config(steps=args.steps, seed=seed), overrides)
 
@@ -294,6 +304,7 @@ def append_record(path, record):
 SETTING_DEFAULTS = {
     "output_stride": 16, "variety": "standard", "loss_stride": 1,
     "rotation": 0.0, "shear": 0.0, "batch_norm_images": 0, "hard_pixel_fraction": 1.0,
+    "learning_rate": 3e-3,
 }  # fmt: skip
 
 
@@ -367,7 +378,8 @@ def train_and_evaluate(args, variant, seed):
         f"crop{args.crop_size}-os{args.output_stride}-{args.variety}-loss{args.loss_stride}"
         + (f"-rot{args.rotation:g}-shear{args.shear:g}" if args.rotation or args.shear else "")
         + (f"-bn{args.batch_norm_images}" if args.batch_norm_images else "")
-        + (f"-hard{args.hard_pixel_fraction:g}" if args.hard_pixel_fraction < 1 else ""),
+        + (f"-hard{args.hard_pixel_fraction:g}" if args.hard_pixel_fraction < 1 else "")
+        + (f"-lr{args.learning_rate:g}" if args.learning_rate != SETTING_DEFAULTS["learning_rate"] else ""),
     )
     wall_start = time.perf_counter()
     first_phase = {}

@@ -61,3 +61,27 @@ def test_a_killed_campaign_resumes_and_skips_what_it_recorded(tmp_path):
     assert "0 runs to do (2 already in" in output
     assert len(out.read_text().splitlines()) == 2
     assert os.path.isdir(str(out)[: -len(".jsonl")] + "_runs")
+
+
+def load_paper_tables():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "paper_tables", ROOT / "benchmarks" / "paper_tables.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_learning_rate_is_trained_with_and_part_of_the_resume_key():
+    paper_tables = load_paper_tables()
+    default = paper_tables.parse_args([])
+    lower = paper_tables.parse_args(["--learning-rate", "0.001"])
+    assert paper_tables.run_config(lower, "full", 0).learning_rate == 0.001
+    assert paper_tables.run_config(default, "full", 0).learning_rate == default.learning_rate
+    # Records from before the setting existed were trained at the quickstart's rate.
+    old = {k: v for k, v in paper_tables.settings(default).items() if k != "learning_rate"}
+    old.update(variant="full", seed=0)
+    assert paper_tables.matching([old], default) == [old]
+    assert paper_tables.matching([old], lower) == []
