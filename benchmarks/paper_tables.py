@@ -379,7 +379,11 @@ def train_and_evaluate(args, variant, seed):
         + (f"-rot{args.rotation:g}-shear{args.shear:g}" if args.rotation or args.shear else "")
         + (f"-bn{args.batch_norm_images}" if args.batch_norm_images else "")
         + (f"-hard{args.hard_pixel_fraction:g}" if args.hard_pixel_fraction < 1 else "")
-        + (f"-lr{args.learning_rate:g}" if args.learning_rate != SETTING_DEFAULTS["learning_rate"] else ""),
+        + (
+            f"-lr{args.learning_rate:g}"
+            if args.learning_rate != SETTING_DEFAULTS["learning_rate"]
+            else ""
+        ),
     )
     wall_start = time.perf_counter()
     first_phase = {}
