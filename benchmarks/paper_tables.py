@@ -185,8 +185,9 @@ def parse_args(argv=None):
     parser.add_argument(
         "--learning-rate",
         type=float,
-        default=quickstart_config().learning_rate,
-        help="TrainConfig.learning_rate, poly-decayed to 0 (default: the quickstart's)",
+        default=SETTING_DEFAULTS["learning_rate"],
+        help="TrainConfig.learning_rate, poly-decayed to 0 (default 3e-3, the rate of "
+        "every record before this option; the quickstart's may differ)",
     )
     parser.add_argument("--backbone-width", type=float, default=0.35)
     parser.add_argument("--head-channels", type=int, default=16)
