@@ -85,3 +85,33 @@ def test_the_learning_rate_is_trained_with_and_part_of_the_resume_key():
     old.update(variant="full", seed=0)
     assert paper_tables.matching([old], default) == [old]
     assert paper_tables.matching([old], lower) == []
+
+
+def test_paired_settings_pairs_seeds_and_matches_every_setting(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import paired_settings
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    # The resume key's settings as paper_tables writes them, less the two that
+    # records from before those options lack.
+    base = paired_settings.settings(paired_settings.parse_args([]))
+    del base["learning_rate"], base["hard_pixel_fraction"]
+    base.update(variant="full", steps=2800, batch_norm_images=0, unseen_miou=0.3)
+    rows = [
+        {**base, "seed": 0, "miou": 0.50},  # no learning_rate key: an earlier 3e-3 record
+        {**base, "seed": 1, "miou": 0.60},
+        {**base, "seed": 0, "miou": 0.90, "hard_pixel_fraction": 0.5},  # another setting
+        {**base, "seed": 0, "miou": 0.53, "learning_rate": 0.006},
+        {**base, "seed": 1, "miou": 0.61, "learning_rate": 0.006},
+    ]
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    paired_settings.main(
+        [str(path), "--common", "batch_norm_images=0", "steps=2800"]
+        + ["--baseline", "learning_rate=0.003", "--compare", "learning_rate=0.006"]
+    )
+    output = capsys.readouterr().out
+    assert "| learning_rate 0.003 | 0, 1 | 50.0 / 60.0 |" in output
+    # +3.0 and +1.0: mean 2.0, std 1.414, t = 2 / (1.414 / sqrt 2) = 2.0
+    assert "| learning_rate 0.006 | +3.0, +1.0; +2.00; t 2.00 |" in output
