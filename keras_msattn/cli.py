@@ -344,7 +344,7 @@ def _add_quickstart(subparsers):
         "--steps",
         type=int,
         default=None,
-        help="training steps of batch 8 (default 2200; fewer for a shorter run, more for a better model)",
+        help="training steps of batch 8 (default 2800; fewer for a shorter run, more for a better model)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="LiteRT threads for the latency")
