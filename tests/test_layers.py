@@ -102,22 +102,3 @@ def test_bounded_logits_stay_inside_the_bound_and_keep_small_values():
     np.testing.assert_allclose(out[0, 5], 4.0 * np.tanh(2.0), rtol=1e-6)
     with pytest.raises(ValueError, match="`bound`"):
         BoundedLogits(0)
-
-
-def test_resize_to_reference_of_the_same_size_is_no_op_in_the_graph():
-    layer = ResizeToReference()
-    reference = np.zeros((1, 8, 8, 1), "float32")
-
-    def resize_ops(input_shape):
-        graph = (
-            tf.function(lambda x: layer([x, reference]))
-            .get_concrete_function(tf.TensorSpec(input_shape))
-            .graph
-        )
-        return [op.type for op in graph.get_operations() if op.type.startswith("Resize")]
-
-    features = np.random.default_rng(0).normal(size=(1, 8, 8, 3)).astype("float32")
-    np.testing.assert_array_equal(layer([features, reference]), features)
-    assert resize_ops((1, 8, 8, 3)) == []
-    assert resize_ops((1, 4, 4, 3)) == ["ResizeBilinear"]
-    assert tuple(layer([features[:, :4, :4], reference]).shape) == (1, 8, 8, 3)

@@ -81,10 +81,6 @@ class ResizeToReference(keras.layers.Layer):
         images, reference = inputs
         static_h, static_w = reference.shape[1], reference.shape[2]
         if static_h is not None and static_w is not None:
-            if tuple(images.shape[1:3]) == (static_h, static_w):
-                # Already on the grid (the stride-4 tap of the 1x stream): an exported
-                # model would otherwise run an identity RESIZE_BILINEAR.
-                return images
             size = (static_h, static_w)
         else:
             shape = ops.shape(reference)
