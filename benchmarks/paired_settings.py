@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from paper_tables import SETTING_DEFAULTS, parse_args, read_records, settings  # noqa: E402
+from paper_tables import parse_args, read_records, records_with_settings, settings  # noqa: E402
 
 METRICS = (("miou", "test"), ("unseen_miou", "unseen"))
 
@@ -45,13 +45,8 @@ def parse_setting(text):
 
 def runs(records, variant, setting):
     """{seed: record} of `variant` under `setting` (the last record of a seed wins)."""
-    found = {}
-    for record in records:
-        if record.get("variant") != variant:
-            continue
-        if all(record.get(k, SETTING_DEFAULTS.get(k)) == v for k, v in setting.items()):
-            found[record["seed"]] = record
-    return found
+    chosen = [r for r in records if r.get("variant") == variant]
+    return {r["seed"]: r for r in records_with_settings(chosen, setting)}
 
 
 def paired(baseline, compared, metric):

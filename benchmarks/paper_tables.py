@@ -310,7 +310,11 @@ SETTING_DEFAULTS = {
 
 
 def matching(records, args):
-    wanted = settings(args)
+    return records_with_settings(records, settings(args))
+
+
+def records_with_settings(records, wanted):
+    """The records trained with every setting of `wanted` (a `settings` dict)."""
     return [
         r for r in records if all(r.get(k, SETTING_DEFAULTS.get(k)) == v for k, v in wanted.items())
     ]

@@ -1,6 +1,7 @@
 """The paper-tables campaign: one record per finished run, skipped on a rerun, and a
 kill loses at most the run in progress."""
 
+import importlib
 import json
 import os
 import signal
@@ -63,19 +64,17 @@ def test_a_killed_campaign_resumes_and_skips_what_it_recorded(tmp_path):
     assert os.path.isdir(str(out)[: -len(".jsonl")] + "_runs")
 
 
-def load_paper_tables():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "paper_tables", ROOT / "benchmarks" / "paper_tables.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load_benchmark(name):
+    # The benchmarks are scripts, not a package; paired_settings imports paper_tables.
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
 
 
 def test_the_learning_rate_is_trained_with_and_part_of_the_resume_key():
-    paper_tables = load_paper_tables()
+    paper_tables = load_benchmark("paper_tables")
     default = paper_tables.parse_args([])
     lower = paper_tables.parse_args(["--learning-rate", "0.001"])
     assert paper_tables.run_config(lower, "full", 0).learning_rate == 0.001
@@ -88,11 +87,7 @@ def test_the_learning_rate_is_trained_with_and_part_of_the_resume_key():
 
 
 def test_paired_settings_pairs_seeds_and_matches_every_setting(tmp_path, capsys):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import paired_settings
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    paired_settings = load_benchmark("paired_settings")
     # The resume key's settings as paper_tables writes them, less the two that
     # records from before those options lack.
     base = paired_settings.settings(paired_settings.parse_args([]))
