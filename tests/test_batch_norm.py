@@ -1,7 +1,5 @@
 """Batch-norm statistics re-estimated after training: the averages, the restores, `train`."""
 
-import dataclasses
-
 import keras
 import numpy as np
 import pytest
@@ -9,6 +7,7 @@ import pytest
 import keras_msattn  # noqa: F401  (registers the classes for safe-mode loading)
 from keras_msattn import training
 from keras_msattn.batch_norm import PASS_MOMENTUM, batch_norm_layers, reestimate_statistics
+from keras_msattn.callbacks import InferenceExport
 from keras_msattn.config import TrainConfig, check_config
 from keras_msattn.inference import load_segmenter
 from keras_msattn.segmenter import MultiScaleSegmenter
@@ -154,36 +153,45 @@ def test_train_saves_model_keras_with_reestimated_statistics(tmp_path):
     config = TrainConfig(
         dataset="scale_digits", train_split="train", dataset_options={"image_size": 64},
         crop_size=48, val_images=2, val_size=64, batch_size=2, steps=2, steps_per_epoch=2,
-        optimizer="adam", learning_rate=1e-3,
+        optimizer="adam", learning_rate=1e-3, batch_norm_images=5,
         model=dict(backbone="mobilenet_v2", backbone_width=0.35, backbone_weights=None,
                    head_channels=8),
     )  # fmt: skip
-    plain = training.train(config, str(tmp_path / "plain"), log=logs.append)
-    config = dataclasses.replace(config, batch_norm_images=5)
-    reestimated = training.train(config, str(tmp_path / "reestimated"), log=logs.append)
+    result = training.train(config, str(tmp_path / "run"), log=logs.append)
     said = "re-estimated the batch-norm statistics of model.keras on 2 batches of 2 training"
     assert [line for line in logs if said in line]
-    assert not [line for line in logs[: len(logs) // 2] if "re-estimated" in line]
 
-    # Same seed, same training: best.keras (the one epoch, saved before the
-    # re-estimation) holds the plain run's statistics...
-    model = load_segmenter(plain["model_path"])
-    best = load_segmenter(str(tmp_path / "reestimated" / "best.keras"))
-    saved = load_segmenter(reestimated["model_path"])
-    layers, best_layers, saved_layers = (batch_norm_layers(m) for m in (model, best, saved))
-    for layer, other in zip(layers, best_layers, strict=True):
-        np.testing.assert_allclose(layer.moving_mean.numpy(), other.moving_mean.numpy(), atol=1e-5)
+    # best.keras (the one epoch, saved at its end) holds the statistics training left;
+    # model.keras holds them re-estimated on `batch_norm_batches`.
+    best = load_segmenter(str(tmp_path / "run" / "best.keras"))
+    saved = load_segmenter(result["model_path"])
+    best_layers, saved_layers = batch_norm_layers(best), batch_norm_layers(saved)
     assert not all(
         np.allclose(layer.moving_mean.numpy(), other.moving_mean.numpy(), atol=1e-3)
-        for layer, other in zip(layers, saved_layers, strict=True)
+        for layer, other in zip(best_layers, saved_layers, strict=True)
     )
-    # ... and model.keras those of the plain model re-estimated on `batch_norm_batches`.
-    reestimate_statistics(model, training.batch_norm_batches(training.resolve_config(config)))
-    for layer, other in zip(layers, saved_layers, strict=True):
+    reestimate_statistics(best, training.batch_norm_batches(training.resolve_config(config)))
+    for layer, other in zip(best_layers, saved_layers, strict=True):
         np.testing.assert_allclose(layer.moving_mean.numpy(), other.moving_mean.numpy(), atol=1e-4)
         np.testing.assert_allclose(
             layer.moving_variance.numpy(), other.moving_variance.numpy(), rtol=1e-3, atol=1e-5
         )
+
+
+def test_the_inference_export_keeps_the_statistics_without_batches(tmp_path):
+    # What `train` saves by default (batch_norm_images=0): the training model's statistics.
+    model = MultiScaleSegmenter(
+        num_classes=3, backbone="mobilenet_v2", backbone_width=0.35, backbone_weights=None,
+        head_channels=8,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    for layer in batch_norm_layers(model):
+        layer.moving_mean.assign(rng.normal(size=layer.moving_mean.shape).astype("float32"))
+    export = InferenceExport(model)
+    assert export.save(str(tmp_path / "plain.keras")) == 0
+    plain = load_segmenter(str(tmp_path / "plain.keras"))
+    for layer, other in zip(batch_norm_layers(model), batch_norm_layers(plain), strict=True):
+        np.testing.assert_array_equal(layer.moving_mean.numpy(), other.moving_mean.numpy())
 
 
 def test_the_walk_finds_batch_norms_held_by_custom_layers():

@@ -233,10 +233,17 @@ def _load_photo_cached(name):
     return np.ascontiguousarray(image[..., :3].astype(np.uint8))
 
 
+_CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)  # scipy's default connectivity
+
+
 def _topology(mask):
+    """(components, background regions incl. the outside) of a 2-D boolean mask."""
     from scipy.ndimage import label
 
-    return label(mask)[1], label(np.pad(~mask, 1, constant_values=True))[1]
+    return (
+        label(mask, structure=_CROSS)[1],
+        label(np.pad(~mask, 1, constant_values=True), structure=_CROSS)[1],
+    )
 
 
 @functools.cache
@@ -257,6 +264,13 @@ def _glyph(sample_index):
     rows = np.flatnonzero((soft >= threshold).any(axis=1))
     cols = np.flatnonzero((soft >= threshold).any(axis=0))
     return np.ascontiguousarray(soft[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]), threshold
+
+
+@functools.cache
+def _glyph_topology(sample_index):
+    """`_topology` of the thresholded glyph: what a shrunk digit's mask must keep."""
+    glyph, threshold = _glyph(sample_index)
+    return _topology(glyph >= threshold)
 
 
 # === Sizes ===
@@ -358,7 +372,7 @@ def _digit_mask(sample_index, height, width_factor=1.0, slant=0.0):
     if scale < 1.0:
         # Shrinking averages thin strokes below the threshold: lower it until the
         # strokes are whole again (same components and holes, else same components).
-        target = _topology(glyph >= threshold)
+        target = _glyph_topology(sample_index)
         chosen = connected = None
         for t in (t for t in _SMALL_THRESHOLDS if t <= threshold):
             topology = _topology(soft >= t)
