@@ -35,8 +35,7 @@ def train_command(data_dir, out):
         "--out", str(out),
     ]  # fmt: skip
     for value in [
-        'backbone="mobilenet_v2"',
-        "backbone_width=0.35",
+        'backbone="resnet18_d8"',  # traces in 2/3 of MobileNetV2's time
         "backbone_weights=None",
         "head_channels=8",
         "crop_size=64",
