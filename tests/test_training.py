@@ -33,8 +33,7 @@ DIGITS_RECIPE = str(RECIPES / "scale_digits_mobilenet_v2.py")
 
 # A tiny model and run in place of the recipe's VGG16 at 321 px for 20k steps.
 TINY = [
-    'backbone="mobilenet_v2"',
-    "backbone_width=0.35",
+    'backbone="resnet18_d8"',  # traces in 2/3 of MobileNetV2's time
     "backbone_weights=None",
     "head_channels=8",
     "crop_size=64",
@@ -84,7 +83,7 @@ def test_train_voc_recipe_writes_every_output(voc_dir, tmp_path, capsys):
     assert config["mixed_precision"] is True and config["data_dir"] == voc_dir
     model_config = config["model"]
     assert (model_config["fusion"], model_config["recalibration"]) == ("attention", "multiply")
-    assert model_config["backbone"] == "mobilenet_v2" and model_config["head_channels"] == 8
+    assert model_config["backbone"] == "resnet18_d8" and model_config["head_channels"] == 8
 
     # 3 steps in epochs of 2: the last epoch is cut at the target step.
     history = read(out / "history.json")
