@@ -139,8 +139,8 @@ def stream_accuracy_by_size(model, images, labels, size_maps, batch_size=16, tra
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size].astype("float32")
         label, size = labels[start : start + batch_size], size_maps[start : start + batch_size]
-        logits = model(batch, training=True) if training else model.predict_on_batch(batch)
-        predictions = {"final": np.asarray(logits).argmax(-1)}
+        final = model(batch, training=True) if training else model.predict_on_batch(batch)
+        predictions = {"final": np.asarray(final).argmax(-1)}
         if len(model.scales) > 1:
             maps = model.attention_maps(batch, training=training)
             for scale, logits in maps["scale_logits"].items():
