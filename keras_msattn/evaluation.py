@@ -1,10 +1,11 @@
 """Evaluating a segmentation model on a dataset: mIoU, pixel and class accuracy.
 
-`evaluate` streams through the dataset one image at a time and keeps only the
-`(C, C)` confusion matrix (int64, rows: ground truth, columns: prediction), so
-memory stays bounded however many or however large the images are. Each image
-is predicted by `keras_msattn.inference.predict_probabilities` (multi-scale
-testing, flips, sliding windows: see there) and scored by
+`evaluate` streams through the dataset and keeps only the `(C, C)` confusion
+matrix (int64, rows: ground truth, columns: prediction), so memory stays
+bounded however many or however large the images are. Each image is predicted
+by `keras_msattn.inference.predict_probabilities` (multi-scale testing, flips,
+sliding windows: see there), or, seen as it is, in a batch of up to
+`batch_size` images of its size; the scores come from
 `keras_msattn.inference.segmentation_scores`.
 
 Example:
@@ -29,6 +30,8 @@ import numpy as np
 from keras_msattn import files
 from keras_msattn.data.base import IGNORE_LABEL
 from keras_msattn.inference import (
+    accepts_input_size,
+    batch_logits,
     check_tta_scales,
     confusion_matrix,
     fixed_input_size,
@@ -90,7 +93,11 @@ def evaluate(
             with `extra_scores`, `(image, label, *extras)` as the dataset's `load`
             yields with `extra_scores.load_options`.
         num_classes: number of classes C.
-        tta_scales, flip, sliding_window, batch_size: see `predict_probabilities`.
+        tta_scales, flip, sliding_window: see `predict_probabilities`.
+        batch_size: images per model call; consecutive images of one size seen as
+            they are (no `tta_scales` but 1.0, no `flip`, no window) are batched
+            (memory grows with it), and a tiled image sends this many windows at a
+            time.
         class_names: C names for `per_class_iou`; default "class_<i>".
         extra_scores: a dataset's `ExtraScores` (`keras_msattn.data.datasets.extra_scores`,
             e.g. ScaleDigits' mIoU by digit size), merged into the results.
@@ -131,25 +138,10 @@ def evaluate(
             verbose=1 if sys.stdout.isatty() else 2,
         )
     num_images = 0
-    for example in _examples(dataset):
-        if max_images is not None and num_images >= max_images:
-            break
-        image, label = example[0], example[1]
-        if label.ndim == 3 and label.shape[-1] == 1:
-            label = label[..., 0]
-        if label.shape != image.shape[:2]:
-            raise ValueError(
-                f"Example {num_images}: label shape {label.shape} does not match the image "
-                f"{image.shape[:2]}."
-            )
-        probabilities = predict_probabilities(
-            model,
-            image,
-            tta_scales=scales,
-            flip=flip,
-            sliding_window=sliding_window,
-            batch_size=batch_size,
-        )
+    examples = _checked_examples(_examples(dataset), max_images)
+    options = dict(tta_scales=scales, flip=flip, sliding_window=sliding_window)
+    for example, probabilities in _predictions(model, examples, batch_size, options):
+        label = example[1]
         if probabilities.shape[-1] != num_classes:
             raise ValueError(
                 f"The model predicts {probabilities.shape[-1]} classes; `num_classes` is "
@@ -184,6 +176,58 @@ def evaluate(
         results.update(extra_scores.result())
     results["confusion_matrix"] = confusion.tolist()
     return results
+
+
+def _checked_examples(examples, max_images):
+    """The first `max_images` examples, each label squeezed to (H, W) and checked."""
+    for index, example in enumerate(examples):
+        if max_images is not None and index >= max_images:
+            return
+        image, label = example[0], example[1]
+        if label.ndim == 3 and label.shape[-1] == 1:
+            label = label[..., 0]
+        if label.shape != image.shape[:2]:
+            raise ValueError(
+                f"Example {index}: label shape {label.shape} does not match the image "
+                f"{image.shape[:2]}."
+            )
+        yield (image, label, *example[2:])
+
+
+def _predictions(model, examples, batch_size, options):
+    """(example, per-pixel scores whose argmax is the prediction) for each example.
+
+    Images seen as they are (no test-time scales, flips or windows) go through
+    the model `batch_size` at a time while their sizes match: per-call overhead
+    dominates a small model's time on one image. Their logits stand in for the
+    probabilities, which have the same argmax. Any other image is predicted alone
+    by `predict_probabilities`.
+    """
+    plain = options["tta_scales"] == (1.0,) and not options["flip"]
+    plain = plain and options["sliding_window"] is None
+    pending = []
+
+    def flush():
+        logits = batch_logits(model, np.stack([ex[0] for ex in pending]), batch_size=len(pending))
+        done = list(zip(pending, logits, strict=True))
+        pending.clear()
+        return done
+
+    for example in examples:
+        image = example[0]
+        seen_as_is = plain and image.ndim == 3 and image.shape[-1] == 3
+        if seen_as_is and accepts_input_size(model, *image.shape[:2]):
+            if pending and pending[0][0].shape != image.shape:
+                yield from flush()
+            pending.append(example)
+            if len(pending) == batch_size:
+                yield from flush()
+            continue
+        if pending:
+            yield from flush()
+        yield example, predict_probabilities(model, image, batch_size=batch_size, **options)
+    if pending:
+        yield from flush()
 
 
 # === Reports ===

@@ -90,6 +90,32 @@ def test_scores_equal_a_numpy_confusion_matrix_of_the_argmax(model, pairs):
     assert again["confusion_matrix"] == results["confusion_matrix"]
 
 
+def test_same_size_images_share_model_calls_and_score_as_one_at_a_time(model, monkeypatch):
+    rng = np.random.default_rng(3)
+    sizes = [(48, 64), (48, 64), (48, 64), (40, 56), (48, 64)]
+    examples = [
+        (rng.uniform(0, 255, (*size, 3)).astype("float32"), rng.integers(0, 5, size))
+        for size in sizes
+    ]
+    calls = []
+    predict = model.predict_on_batch
+
+    def counting(images):
+        calls.append(len(images))
+        return predict(images)
+
+    monkeypatch.setattr(model, "predict_on_batch", counting)
+    results = evaluation.evaluate(model, examples, ADE_CLASSES, batch_size=3, verbose=0)
+    # Three of one size, then the odd size alone, then the last one.
+    assert calls == [3, 1, 1]
+    matrix, _ = reference_scores(model, examples, ADE_CLASSES)
+    np.testing.assert_array_equal(np.array(results["confusion_matrix"]), matrix)
+    calls.clear()
+    flipped = evaluation.evaluate(model, examples[:2], ADE_CLASSES, batch_size=3, flip=True)
+    assert calls == [1, 1, 1, 1], "a flipped image is predicted alone, with its mirror"
+    assert flipped["num_images"] == 2
+
+
 def test_multi_scale_testing_averages_softmax_probabilities(model):
     image = np.random.default_rng(1).uniform(0, 255, (64, 48, 3)).astype("float32")
     got = inference.predict_probabilities(model, image, tta_scales=(0.75, 1.0))
