@@ -211,12 +211,19 @@ def load_photo(name):
     """One of `PHOTOS` or `UNSEEN_PHOTOS` as a uint8 RGB array (grey ones repeated to RGB)."""
     if name not in PHOTOS + UNSEEN_PHOTOS:
         raise ValueError(f"photo must be one of {PHOTOS + UNSEEN_PHOTOS}, got {name!r}")
-    return _photo(name)
+    with _LOCK:
+        return _load_photo_cached(name)
 
 
 def _photo(name):
+    """`load_photo(name)` as a PIL image, which crops without a copy through numpy."""
     with _LOCK:  # parallel tf.data workers may ask for the same photo at once
-        return _load_photo_cached(name)
+        return _photo_image_cached(name)
+
+
+@functools.cache
+def _photo_image_cached(name):
+    return Image.fromarray(_load_photo_cached(name)).copy()  # a copy owns its pixels
 
 
 @functools.cache
@@ -338,16 +345,16 @@ def _check_args(image_seed, image_size):
 
 
 def _random_crop(rng, photo, side, out_w, out_h):
-    h, w = photo.shape[:2]
+    w, h = photo.size
     side_h, side_w = min(side[0], h), min(side[1], w)
     top = int(rng.integers(0, h - side_h + 1))
     left = int(rng.integers(0, w - side_w + 1))
-    crop = photo[top : top + side_h, left : left + side_w]
-    return np.asarray(Image.fromarray(crop).resize((out_w, out_h), Image.BILINEAR))
+    crop = photo.crop((left, top, left + side_w, top + side_h))
+    return np.asarray(crop.resize((out_w, out_h), Image.BILINEAR))
 
 
 def _background(rng, photo, image_size):
-    h, w = photo.shape[:2]
+    w, h = photo.size
     side = int(rng.uniform(0.35, 1.0) * min(h, w))
     image = _random_crop(rng, photo, (side, side), image_size, image_size)
     return image[:, ::-1] if rng.random() < 0.5 else image
@@ -537,9 +544,9 @@ def _fill(rng, rule, mask, reference, texture_photo):
     h, w = mask.shape
     if rule == "texture":
         # Texture from another photograph, re-coloured away from what lies under the digit.
-        side = int(rng.uniform(0.15, 0.6) * min(texture_photo.shape[:2]))
+        side = int(rng.uniform(0.15, 0.6) * min(texture_photo.size))
         texture = _random_crop(rng, texture_photo, (side, max(1, side * w // h)), w, h)
-        texture = texture.astype(np.float32)[mask]
+        texture = texture[mask].astype(np.float32)
         color = _target_color(rng, reference)
         contrast = rng.uniform(0.3, 0.6)
         return (texture - texture.mean(axis=0)) * contrast + color, color
@@ -631,9 +638,11 @@ def generate(split, index, *, image_seed=0, image_size=DEFAULT_IMAGE_SIZE, varie
         fill, color = _fill(rng, fill_rule, mask, reference, texture_photo)
 
         visible = mask[mask_box]  # the ink inside the image (all of it unless cut)
-        values = np.zeros((h, w, 3), np.float32)
-        values[mask] = fill
-        image[box][visible] = values[mask_box][visible]
+        if visible.shape != mask.shape:  # cut by the border: the fill of the ink inside
+            inside = np.zeros(mask.shape, bool)
+            inside[mask_box] = True
+            fill = fill[inside[mask]]
+        image[box][visible] = fill
         digit = int(targets[sample_index])
         label[box][visible] = digit + 1
         bucket = size_bucket(h, image_size)
