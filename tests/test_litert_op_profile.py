@@ -1,22 +1,9 @@
 """benchmarks/litert_op_profile.py: each operator cut into a model of its own computes what
 it computes inside the whole file, and the backbone's operators are told apart by scale."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_profiler():
-    spec = importlib.util.spec_from_file_location(
-        "litert_op_profile", ROOT / "benchmarks" / "litert_op_profile.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +28,7 @@ def two_scale_file():
 def test_every_cut_operator_reproduces_its_output_in_the_whole_file(two_scale_file):
     from ai_edge_litert.interpreter import Interpreter
 
-    profiler = load_profiler()
+    profiler = load_benchmark("litert_op_profile")
     whole = Interpreter(model_content=two_scale_file, experimental_preserve_all_tensors=True)
     whole.allocate_tensors()
     image = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
@@ -70,7 +57,7 @@ def test_every_cut_operator_reproduces_its_output_in_the_whole_file(two_scale_fi
 
 
 def test_parts_tell_the_backbone_scales_and_the_heads_apart(two_scale_file):
-    profiler = load_profiler()
+    profiler = load_benchmark("litert_op_profile")
     rows = [
         (index, name, tensor, shape, 0.0)
         for index, (name, tensor, shape, _) in enumerate(

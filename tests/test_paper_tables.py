@@ -1,7 +1,6 @@
 """The paper-tables campaign: one record per finished run, skipped on a rerun, and a
 kill loses at most the run in progress."""
 
-import importlib
 import json
 import os
 import signal
@@ -9,6 +8,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmark_scripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--steps", "2", "--image-size", "64", "--crop-size", "64", "--test-images", "2"]
@@ -62,15 +63,6 @@ def test_a_killed_campaign_resumes_and_skips_what_it_recorded(tmp_path):
     assert "0 runs to do (2 already in" in output
     assert len(out.read_text().splitlines()) == 2
     assert os.path.isdir(str(out)[: -len(".jsonl")] + "_runs")
-
-
-def load_benchmark(name):
-    # The benchmarks are scripts, not a package; paired_settings imports paper_tables.
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
 
 
 def test_the_learning_rate_is_trained_with_and_part_of_the_resume_key():
