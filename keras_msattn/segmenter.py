@@ -52,6 +52,12 @@ DEFAULT_HEAD_CHANNELS = {
 # steps and lower at 2,800 (docs/results.md); the paper's backbones keep the
 # paper's heads.
 SEPARABLE_HEADS_BACKBONES = ("mobilenet_v2",)
+# Backbones whose attention heads merge on a coarser grid than the paper's
+# stride 4 by default (`head_stride="auto"`): on the phone-sized model the
+# stride-8 grid brings the second scale to 1.28x single scale's latency against
+# 1.45x; on the miniature it scored level at 2,800 steps and lower at 1,500
+# (docs/results.md, "Separable heads at the quickstart's budget").
+DEFAULT_HEAD_STRIDES = {"mobilenet_v2": 8}
 HYPERCOLUMN_STAGES = ("stage1", "stage2", "stage3", "stage4")
 # The paper's section 3: dilation 12 for the large (1x) scale, 2 for the small (0.5x).
 PAPER_DILATIONS = (12, 2)
@@ -218,6 +224,8 @@ class MultiScaleSegmenter(keras.Model):
         head_stride: the grid `fusion="attention"` merges on, as a stride of the
             1x input: 4 (the paper: "after two pooling operations"), 8 or 16. A
             coarser grid costs the heads 4x or 16x fewer pixels (docs/performance.md).
+            `"auto"` (default): 8 for `mobilenet_v2` (`DEFAULT_HEAD_STRIDES`), 4
+            otherwise.
         score_refinement: beyond the paper, for `fusion="attention"`: each scale's
             score map on the head grid adds a 1x1 conv (shared by the scales) of
             that scale's dilated hypercolumn features. The paper's `P^s` come from
@@ -260,7 +268,7 @@ class MultiScaleSegmenter(keras.Model):
         backbone_width=1.0,
         head_channels=None,
         attention_bound=None,
-        head_stride=4,
+        head_stride="auto",
         score_refinement=False,
         loss_stride=1,
         separable_heads="auto",
@@ -310,10 +318,14 @@ class MultiScaleSegmenter(keras.Model):
             raise ValueError(
                 f"`attention_bound` must be None or a positive number, got {attention_bound!r}."
             )
+        if isinstance(head_stride, str) and head_stride == "auto":
+            head_stride = DEFAULT_HEAD_STRIDES.get(backbone, 4) if fusion == "attention" else None
         if head_stride is not None and (
             head_stride not in HEAD_STRIDES or isinstance(head_stride, bool)
         ):
-            raise ValueError(f"`head_stride` must be one of {HEAD_STRIDES}, got {head_stride!r}.")
+            raise ValueError(
+                f"`head_stride` must be one of {HEAD_STRIDES} or 'auto', got {head_stride!r}."
+            )
         if fusion != "attention":
             _check_unused_by_fusion(fusion, hypercolumn, scale_dilations, recalibration)
             if head_stride not in (None, 4):
@@ -622,8 +634,9 @@ class MultiScaleSegmenter(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        # A model saved before `separable_heads` existed has the paper's full convs.
-        return cls(**{"separable_heads": False, **config})
+        # A model saved before `separable_heads` or `head_stride` existed has the
+        # paper's full convs on the paper's grid.
+        return cls(**{"separable_heads": False, "head_stride": 4, **config})
 
 
 def _scale_weights(logits, bound):

@@ -533,6 +533,24 @@ def test_separable_heads_default_to_the_mobile_backbone_and_old_saves_keep_full_
     restored.set_weights(full.get_weights())
 
 
+def test_the_mobile_backbone_merges_on_the_stride_8_grid_and_old_saves_keep_stride_4():
+    mobile = dict(backbone="mobilenet_v2", backbone_width=0.35, output_stride=16)
+    model = tiny(**mobile)
+    assert model.get_config()["head_stride"] == 8
+    assert model.attention_maps(random_images(1, 64, 64))["scale_weights"].shape == (1, 8, 8, 2)
+    assert tiny(**mobile, head_stride=4).get_config()["head_stride"] == 4
+    assert tiny(**mobile, fusion="attention_to_scale").get_config()["head_stride"] is None
+    assert tiny(**mobile, scales=(1.0,), fusion=None).get_config()["head_stride"] is None
+    assert tiny(head_stride="auto").get_config()["head_stride"] == 4  # the paper's backbones
+    with pytest.raises(ValueError, match="`head_stride` must be one of .* or 'auto'"):
+        tiny(head_stride="coarse")
+    # A config saved before the option existed merged on the paper's grid: it
+    # rebuilds that, not the new default.
+    config = tiny(**mobile, head_stride=4).get_config()
+    del config["head_stride"]
+    assert MultiScaleSegmenter.from_config(config).get_config()["head_stride"] == 4
+
+
 def test_attention_maps_in_training_mode_use_the_batch_statistics():
     model = tiny()
     images = random_images(4, 48, 48)
