@@ -533,11 +533,17 @@ def test_separable_heads_default_to_the_mobile_backbone_and_old_saves_keep_full_
     restored.set_weights(full.get_weights())
 
 
-def test_the_mobile_backbone_merges_on_the_stride_8_grid_and_old_saves_keep_stride_4():
+def test_the_mobile_backbone_merges_on_the_stride_8_grid_and_old_saves_keep_stride_4(tmp_path):
     mobile = dict(backbone="mobilenet_v2", backbone_width=0.35, output_stride=16)
     model = tiny(**mobile)
     assert model.get_config()["head_stride"] == 8
-    assert model.attention_maps(random_images(1, 64, 64))["scale_weights"].shape == (1, 8, 8, 2)
+    images = random_images(1, 64, 64)
+    assert model.attention_maps(images)["scale_weights"].shape == (1, 8, 8, 2)
+    path = str(tmp_path / "mobile.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path, safe_mode=True)
+    assert restored.get_config()["head_stride"] == 8
+    np.testing.assert_allclose(np.asarray(restored(images)), np.asarray(model(images)), atol=1e-5)
     assert tiny(**mobile, head_stride=4).get_config()["head_stride"] == 4
     assert tiny(**mobile, fusion="attention_to_scale").get_config()["head_stride"] is None
     assert tiny(**mobile, scales=(1.0,), fusion=None).get_config()["head_stride"] is None
