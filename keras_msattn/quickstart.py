@@ -43,9 +43,10 @@ def quickstart_config(steps=DEFAULT_STEPS, seed=0):
     heads (`separable_heads=False`): at 2,800 steps the depthwise-separable
     heads `mobilenet_v2` gets by default scored 2.0-4.7 points lower on three
     paired seeds ("Separable heads at the quickstart's budget"). The paper's
-    section-3 dilations and the paper's stride-4 grid (`mobilenet_v2` defaults to
-    stride 8 for the edge), on the campaign's evidence ("The campaign"). Adam at 6e-3, not 3e-3: 3.9 points more at 2,800 steps on three
-    paired seeds, 5.0 with the batch-norm re-estimation below ("Learning rate and step
+    section-3 dilations and the paper's stride-4 grid (`mobilenet_v2` defaults
+    to stride 8 for the edge), on the campaign's evidence ("The campaign").
+    Adam at 6e-3, not 3e-3: 3.9 points more at 2,800 steps on three paired
+    seeds, 5.0 with the batch-norm re-estimation below ("Learning rate and step
     count"). After the last step the batch-norm statistics are re-estimated on
     256 whole training images (`batch_norm_images`): the moving averages follow
     the 128-px crops, the model is used on 192-px images ("Batch-norm

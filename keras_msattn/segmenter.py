@@ -55,8 +55,9 @@ SEPARABLE_HEADS_BACKBONES = ("mobilenet_v2",)
 # Backbones whose attention heads merge on a coarser grid than the paper's
 # stride 4 by default (`head_stride="auto"`): on the phone-sized model the
 # stride-8 grid brings the second scale to 1.28x single scale's latency against
-# 1.45x; on the miniature it scored level at 2,800 steps and lower at 1,500
-# (docs/results.md, "Separable heads at the quickstart's budget").
+# 1.45x; on the miniature it scored 0.9 points lower at 2,800 steps (t -0.96,
+# six paired seeds) and 3.2 lower at 1,500 (docs/results.md, "Separable heads
+# at the quickstart's budget").
 DEFAULT_HEAD_STRIDES = {"mobilenet_v2": 8}
 HYPERCOLUMN_STAGES = ("stage1", "stage2", "stage3", "stage4")
 # The paper's section 3: dilation 12 for the large (1x) scale, 2 for the small (0.5x).
