@@ -4,6 +4,7 @@ import re
 
 import numpy as np
 
+from keras_msattn import quickstart
 from keras_msattn.quickstart import quickstart_config, run_quickstart
 
 
@@ -21,8 +22,10 @@ def test_quickstart_config_is_the_two_scale_attention_edge_model():
     assert config.optimizer == "adam" and config.learning_rate == 6e-3
 
 
-def test_quickstart_writes_model_exports_figures_and_report(tmp_path):
+def test_quickstart_writes_model_exports_figures_and_report(tmp_path, monkeypatch):
     out = tmp_path / "quickstart"
+    # 16 images, not 256: the re-estimation is tested in test_batch_norm.py.
+    monkeypatch.setattr(quickstart, "BATCH_NORM_IMAGES", 16)
     summary = run_quickstart(
         str(out), steps=2, test_images=6, export_images=4, threads=1, log=lambda *_: None
     )
@@ -61,7 +64,7 @@ def test_quickstart_writes_model_exports_figures_and_report(tmp_path):
         row = " | ".join(f"{accuracy[stream][size]:.3f}" for size in ("small", "medium", "large"))
         assert f"| {name} | {row} |" in report
     assert "| merged output |" in report
-    assert "batch-norm statistics re-estimated on 256 whole training images" in report
+    assert "batch-norm statistics re-estimated on 16 whole training images" in report
     int8 = json.loads((out / "model_int8.report.json").read_text())
     # The summary repeats what the export verified, and the report names the
     # thread count it was timed with.
