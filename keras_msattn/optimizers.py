@@ -108,6 +108,7 @@ class MultiRateMixin:
         self._backbone_keys = None
         self._num_backbone_variables = 0
         self._multipliers_known = False
+        self._step_values = None  # a dict while `apply` runs (see `_shared`)
         if backbone_variables is not None:
             self.set_backbone_variables(backbone_variables)
 
@@ -174,6 +175,39 @@ class MultiRateMixin:
         # Weight decay is applied per variable in `update_step`, at its own rate.
         return
 
+    def apply(self, grads, trainable_variables=None):
+        # What every variable's update shares (the rates, Adam's step sizes) is
+        # computed once per step, not once per variable: per variable it made up
+        # 40% of the training graph's ops, and tracing costs about 1 ms an op on a
+        # 2-core CPU (docs/performance.md).
+        self._step_values = {}
+        try:
+            return super().apply(grads, trainable_variables)
+        finally:
+            self._step_values = None  # no tensor of a traced step outlives it
+
+    def _shared(self, name, learning_rate, variable, compute):
+        """`compute()`, once per step for all the variables on `variable`'s device.
+
+        Keyed by the step's `learning_rate` object (one per step and replica; the
+        entry holds it, so its id cannot be reused) and the device. Outside
+        `apply` nothing is kept."""
+        if self._step_values is None:
+            return compute()
+        key = (name, id(learning_rate), getattr(variable, "device", None))
+        if key not in self._step_values:
+            self._step_values[key] = (learning_rate, compute())
+        return self._step_values[key][1]
+
+    def _learning_rates(self, learning_rate, variable):
+        """Every variable's learning rate this step: the base rate times its multiplier."""
+        return self._shared(
+            "learning_rates",
+            learning_rate,
+            variable,
+            lambda: ops.unstack(ops.cast(learning_rate, "float32") * self._lr_multipliers),
+        )
+
     def update_step(self, gradient, variable, learning_rate):
         if not self._multipliers_known:
             raise ValueError(
@@ -182,7 +216,8 @@ class MultiRateMixin:
                 "`set_backbone_variables`) before training; `make_optimizer` does."
             )
         index = self._get_variable_index(variable)
-        learning_rate = ops.cast(learning_rate, "float32") * self._lr_multipliers[index]
+        base_rate = learning_rate
+        learning_rate = self._learning_rates(base_rate, variable)[index]
         if self._decay_flags[index]:
             decay = ops.cast(self.weight_decay, variable.dtype)
             if self.decoupled_weight_decay:
@@ -192,6 +227,10 @@ class MultiRateMixin:
                 gradient = ops.add(
                     ops.cast(gradient, variable.dtype), ops.multiply(variable, decay)
                 )
+        self._update(gradient, variable, learning_rate, base_rate, index)
+
+    def _update(self, gradient, variable, learning_rate, base_rate, index):
+        """The optimizer's own step for one variable at its `learning_rate`."""
         super().update_step(gradient, variable, learning_rate)
 
     def get_config(self):
@@ -212,13 +251,46 @@ class MultiRateSGD(MultiRateMixin, keras.optimizers.SGD):
     """
 
 
+class MultiRateAdamMixin(MultiRateMixin):
+    """Keras's Adam step, its bias-corrected step sizes computed once per step.
+
+    `keras.optimizers.Adam.update_step` computes `lr * sqrt(1 - beta_2 ** t) /
+    (1 - beta_1 ** t)` for every variable; here it is one vector op per step,
+    element by element the same float32 arithmetic, so the updates are Keras's
+    to the bit (tests/test_optimizers.py compares them).
+    """
+
+    def _update(self, gradient, variable, learning_rate, base_rate, index):
+        def step_sizes():
+            step = ops.cast(self.iterations + 1, "float32")
+            beta_1_power = ops.power(ops.cast(self.beta_1, "float32"), step)
+            beta_2_power = ops.power(ops.cast(self.beta_2, "float32"), step)
+            rates = ops.stack(self._learning_rates(base_rate, variable))
+            return ops.unstack(rates * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power))
+
+        step_size = self._shared("adam_step_sizes", base_rate, variable, step_sizes)[index]
+        step_size = ops.cast(step_size, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        m = self._momentums[index]
+        v = self._velocities[index]
+        self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1 - self.beta_1))
+        self.assign_add(v, ops.multiply(ops.subtract(ops.square(gradient), v), 1 - self.beta_2))
+        if self.amsgrad:
+            v_hat = self._velocity_hats[index]
+            self.assign(v_hat, ops.maximum(v_hat, v))
+            v = v_hat
+        self.assign_sub(
+            variable, ops.divide(ops.multiply(m, step_size), ops.add(ops.sqrt(v), self.epsilon))
+        )
+
+
 @keras.saving.register_keras_serializable(package="keras_msattn")
-class MultiRateAdam(MultiRateMixin, keras.optimizers.Adam):
+class MultiRateAdam(MultiRateAdamMixin, keras.optimizers.Adam):
     """`keras.optimizers.Adam` with a decoder learning-rate multiplier and L2 weight decay."""
 
 
 @keras.saving.register_keras_serializable(package="keras_msattn")
-class MultiRateAdamW(MultiRateMixin, keras.optimizers.AdamW):
+class MultiRateAdamW(MultiRateAdamMixin, keras.optimizers.AdamW):
     """`keras.optimizers.AdamW` with a decoder learning-rate multiplier (decoupled decay)."""
 
     decoupled_weight_decay = True

@@ -128,6 +128,48 @@ def test_adam_first_step_is_ten_times_larger_for_the_decoder():
         np.testing.assert_allclose(step, expected, rtol=1e-3)
 
 
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("traced", [False, True])
+def test_adam_updates_are_kerass_to_the_bit(amsgrad, traced):
+    # MultiRateAdam computes Adam's step sizes once per step for all variables;
+    # Keras's Adam at each variable's own rate (base rate x multiplier, in
+    # float32) must give the same bits, step after step, with a decaying rate.
+    rng = np.random.default_rng(0)
+    shapes = [(3, 4), (4,), (5,)]
+    start = [rng.normal(size=shape).astype("float32") for shape in shapes]
+    steps = [[rng.normal(size=shape).astype("float32") for shape in shapes] for _ in range(4)]
+    schedule = PolyDecay(0.01, decay_steps=5)
+    ours = [keras.Variable(w) for w in start]
+    optimizer = make_optimizer("adam", schedule, ours[:1], decoder_lr_multiplier=3.0,
+                               weight_decay=0, amsgrad=amsgrad)  # fmt: skip
+    references = [keras.Variable(w) for w in start]
+
+    class Scaled(keras.optimizers.schedules.LearningRateSchedule):
+        # Each variable's rate as MultiRateAdam forms it: the float32 base rate x multiplier.
+        def __init__(self, multiplier):
+            self.multiplier = multiplier
+
+        def __call__(self, step):
+            return keras.ops.cast(schedule(step), "float32") * self.multiplier
+
+    reference_optimizers = [
+        keras.optimizers.Adam(learning_rate=Scaled(m), amsgrad=amsgrad) for m in (1.0, 3.0, 3.0)
+    ]
+
+    def step(grads):
+        optimizer.apply(grads, ours)
+        for reference, g, variable in zip(reference_optimizers, grads, references, strict=True):
+            reference.apply([g], [variable])
+
+    if traced:
+        step = tf.function(step)
+    for grads in steps:
+        step([tf.constant(g) for g in grads])
+    for variable, reference in zip(ours, references, strict=True):
+        np.testing.assert_array_equal(variable.numpy(), reference.numpy())
+    assert not np.array_equal(ours[0].numpy(), start[0])
+
+
 def standalone_variables():
     backbone = keras.Variable(np.array([1.0, -2.0, 0.5], "float32"), name="backbone_w")
     decoder = keras.Variable(np.array([0.3, 4.0, -1.0], "float32"), name="decoder_w")
