@@ -5,7 +5,9 @@ The paper: poly learning rate `(1 - iter/max_iter)^0.9`, and the decoder
 learning rate. Keras 3 has no per-variable learning rate, so `MultiRateSGD`,
 `MultiRateAdam` and `MultiRateAdamW` scale the learning rate passed to
 `update_step` by a per-variable multiplier: 1 for backbone variables,
-`decoder_lr_multiplier` for the rest.
+`decoder_lr_multiplier` for the rest. What every variable's update shares (the
+rates, Adam's bias-corrected step size) is computed once per step: computed
+per variable, it was 40% of the ops a training step traces.
 
 Backbone variables are recognised by identity, not by name: a Keras variable's
 `path` does not include the enclosing model's name (a nested backbone's kernel
