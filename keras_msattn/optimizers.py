@@ -267,7 +267,7 @@ class MultiRateAdamMixin(MultiRateMixin):
             step = ops.cast(self.iterations + 1, "float32")
             beta_1_power = ops.power(ops.cast(self.beta_1, "float32"), step)
             beta_2_power = ops.power(ops.cast(self.beta_2, "float32"), step)
-            rates = ops.stack(self._learning_rates(base_rate, variable))
+            rates = ops.cast(base_rate, "float32") * self._lr_multipliers
             return ops.unstack(rates * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power))
 
         step_size = self._shared("adam_step_sizes", base_rate, variable, step_sizes)[index]
