@@ -362,7 +362,30 @@ def by_size_analysis(model, args):
     if getattr(model, "fusion", None) in ("attention", "attention_to_scale"):
         weights = scale_weight_by_size(model, images, size_maps)
         analysis["weight_0.5"] = {bucket: weights[bucket]["0.5"] for bucket in weights}
+    if getattr(model, "recalibration", None) == "multiply":
+        analysis["recalibration_by_class"] = recalibration_by_class(model, images)
     return analysis
+
+
+def recalibration_by_class(model, images, batch_size=16):
+    """Mean and maximum of the recalibration gate `wr` of each class over `images`.
+
+    A class whose gate stays near 0 on every pixel is one the final output can no
+    longer predict, whatever its streams score: the sigmoid has saturated.
+    """
+    import numpy as np
+
+    sums, peaks, count = 0.0, None, 0
+    for start in range(0, len(images), batch_size):
+        gates = model.attention_maps(images[start : start + batch_size].astype("float32"))
+        gates = gates["recalibration"].reshape(-1, model.num_classes)
+        sums = sums + gates.sum(axis=0)
+        peaks = gates.max(axis=0) if peaks is None else np.maximum(peaks, gates.max(axis=0))
+        count += len(gates)
+    return {
+        "mean": np.round((sums / count).astype(float), 4).tolist(),
+        "max": np.round(peaks.astype(float), 4).tolist(),
+    }
 
 
 def train_and_evaluate(args, variant, seed):
@@ -388,7 +411,9 @@ def train_and_evaluate(args, variant, seed):
             f"-lr{args.learning_rate:g}"
             if args.learning_rate != SETTING_DEFAULTS["learning_rate"]
             else ""
-        ),
+        )
+        + (f"-width{args.backbone_width:g}" if args.backbone_width != 0.35 else "")
+        + (f"-heads{args.head_channels}" if args.head_channels != 16 else ""),
     )
     wall_start = time.perf_counter()
     first_phase = {}
