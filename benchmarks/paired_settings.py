@@ -2,7 +2,8 @@
 
 `paper_tables.py --report` pairs variants within one setting. This pairs the runs
 of one variant under two settings (a learning rate, a step count), seed by seed,
-from any of the records files `paper_tables.py` writes. Every setting of
+from any of the records files `paper_tables.py` writes; a setting may name
+another variant for its side (`variant=full_recalibration_add`). Every setting of
 `paper_tables.py`'s resume key is matched: its default there unless `--common`
 or the setting itself names it; a record without a setting has the value every
 earlier record had (`paper_tables.SETTING_DEFAULTS`).
@@ -84,15 +85,15 @@ def main(argv=None):
             parser.error(f"no records file {path}")
     records = [record for path in args.files for record in read_records(path)]
     defaults = settings(parse_args([]))
-    unknown = set(common).union(baseline_setting, *compared_settings) - set(defaults)
+    unknown = set(common).union(baseline_setting, *compared_settings) - set(defaults) - {"variant"}
     if unknown:
         parser.error(f"unknown settings {sorted(unknown)}; known: {sorted(defaults)}")
 
     def full(setting):
-        return {**defaults, **common, **setting}
+        return {**defaults, **common, **{k: v for k, v in setting.items() if k != "variant"}}
 
     def runs_of(setting):
-        return runs(records, args.variant, full(setting))
+        return runs(records, setting.get("variant", args.variant), full(setting))
 
     baseline = runs_of(baseline_setting)
     if not baseline:

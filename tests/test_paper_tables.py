@@ -108,3 +108,38 @@ def test_paired_settings_pairs_seeds_and_matches_every_setting(tmp_path, capsys)
     assert "| learning_rate 0.003 | 0, 1 | 50.0 / 60.0 |" in output
     # +3.0 and +1.0: mean 2.0, std 1.414, t = 2 / (1.414 / sqrt 2) = 2.0
     assert "| learning_rate 0.006 | +3.0, +1.0; +2.00; t 2.00 |" in output
+
+
+def test_paired_settings_pairs_another_variant_named_in_a_setting(tmp_path, capsys):
+    paired_settings = load_benchmark("paired_settings")
+    base = paired_settings.settings(paired_settings.parse_args([]))
+    base.update(variant="full", unseen_miou=0.3)
+    rows = [
+        {**base, "seed": 0, "miou": 0.50},
+        {**base, "seed": 1, "miou": 0.60},
+        {
+            **base,
+            "seed": 0,
+            "miou": 0.55,
+            "variant": "full_recalibration_add",
+            "backbone_width": 0.5,
+        },
+        {
+            **base,
+            "seed": 1,
+            "miou": 0.64,
+            "variant": "full_recalibration_add",
+            "backbone_width": 0.5,
+        },
+        {**base, "seed": 0, "miou": 0.10, "backbone_width": 0.5},  # full at x0.5: not compared
+    ]
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    paired_settings.main(
+        [str(path), "--baseline", "backbone_width=0.35"]
+        + ["--compare", "backbone_width=0.5,variant=full_recalibration_add"]
+    )
+    output = capsys.readouterr().out
+    assert "| backbone_width 0.5, variant full_recalibration_add | 0, 1 | 55.0 / 64.0 |" in output
+    # +5.0 and +4.0: mean 4.5, std 0.707, t = 4.5 / (0.707 / sqrt 2) = 9.0
+    assert "| +5.0, +4.0; +4.50; t 9.00 |" in output
