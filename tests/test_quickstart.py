@@ -20,6 +20,9 @@ def test_quickstart_config_is_the_two_scale_attention_edge_model():
     assert config.batch_norm_images == 256 and config.val_size == 192 > config.crop_size
     # Adam at 6e-3: 3.9 mIoU points over 3e-3 on three paired seeds (docs/results.md).
     assert config.optimizer == "adam" and config.learning_rate == 6e-3
+    # x0.5 with an added recalibration bias: the sigmoid gate can close on a class
+    # for good (docs/results.md, "Backbone width").
+    assert model["backbone_width"] == 0.5 and model["recalibration"] == "add"
 
 
 def test_quickstart_writes_model_exports_figures_and_report(tmp_path, monkeypatch):
