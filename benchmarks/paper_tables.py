@@ -1,6 +1,6 @@
 """The paper's Tables 1-2 in miniature: every baseline and ablation on ScaleDigits.
 
-One backbone (MobileNetV2 x0.35, from scratch) and one training budget for all
+One backbone (MobileNetV2 x0.35 unless `--backbone-width`, from scratch) and one training budget for all
 variants: the quickstart's training settings (`keras_msattn.quickstart.
 quickstart_config`: 128-px crops of the 192-px images, output stride 16,
 16-channel heads, Adam 3e-3 with poly decay) with about half its steps (1,500),
