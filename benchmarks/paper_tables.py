@@ -1,12 +1,12 @@
 """The paper's Tables 1-2 in miniature: every baseline and ablation on ScaleDigits.
 
-One backbone (MobileNetV2 x0.35 unless `--backbone-width`, from scratch) and one training budget for all
-variants: the quickstart's training settings (`keras_msattn.quickstart.
-quickstart_config`: 128-px crops of the 192-px images, output stride 16,
-16-channel heads, Adam 3e-3 with poly decay) with about half its steps (1,500),
-so that 8 variants x 3 seeds train on a 2-core CPU in about two hours. Each run
-trains with `keras_msattn.training.train`
-and is scored with `keras_msattn.evaluation.evaluate` on the first
+One backbone (MobileNetV2 x0.35 unless `--backbone-width`, from scratch) and one
+training budget for all variants: the quickstart's training settings
+(`keras_msattn.quickstart.quickstart_config`: 128-px crops of the 192-px
+images, output stride 16, 16-channel heads, Adam 3e-3 with poly decay) with
+about half its steps (1,500), so that 8 variants x 3 seeds train on a 2-core
+CPU in about two hours. Each run trains with `keras_msattn.training.train` and
+is scored with `keras_msattn.evaluation.evaluate` on the first
 `--test-images` images of the ScaleDigits test split (data seed 0 for every run):
 mIoU overall and on small / medium / large digits.
 

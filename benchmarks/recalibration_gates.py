@@ -38,6 +38,7 @@ def main(argv=None):
     args = parse_args(rest)
     variant, seed, every = own.variant, own.seed, own.every
 
+    import keras
     import numpy as np
 
     from keras_msattn.data import scale_digits
@@ -46,8 +47,6 @@ def main(argv=None):
     config = dataclasses.replace(run_config(args, variant, seed), steps_per_epoch=every)
     with tempfile.TemporaryDirectory() as out:
         result = train(config, out, verbose=0, log=lambda message: None)
-        import keras
-
         model = keras.saving.load_model(result["model_path"])
     streams = [key for key in result["history"][0] if key.startswith("scale_")]
     print("| step | final loss | " + " | ".join(streams) + " |")

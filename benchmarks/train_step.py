@@ -1,8 +1,8 @@
 """One training step of the quickstart-sized model: two-scale attention against single scale.
 
 The quickstart's model and training settings (`keras_msattn.quickstart.
-quickstart_config`: MobileNetV2 x0.5 (x0.35 before commit 42b6a0f), output stride 16, 16-channel heads,
-batch 8 of 128-px crops, Adam, the `1 + S` deep-supervision losses), built and
+quickstart_config`: MobileNetV2 x0.5 (x0.35 before commit 42b6a0f), output
+stride 16, 16-channel heads, batch 8 of 128-px crops, Adam, the `1 + S` deep-supervision losses), built and
 compiled as `msattn train` does, trained on one repeated synthetic batch (the
 input pipeline costs nothing). Models: single scale, and the attention model
 with its heads on each `--head-strides` grid (with full or depthwise-separable

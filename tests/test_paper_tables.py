@@ -143,3 +143,21 @@ def test_paired_settings_pairs_another_variant_named_in_a_setting(tmp_path, caps
     assert "| backbone_width 0.5, variant full_recalibration_add | 0, 1 | 55.0 / 64.0 |" in output
     # +5.0 and +4.0: mean 4.5, std 0.707, t = 4.5 / (0.707 / sqrt 2) = 9.0
     assert "| +5.0, +4.0; +4.50; t 9.00 |" in output
+
+
+def test_recalibration_by_class_averages_every_pixel_across_batches():
+    import numpy as np
+
+    from keras_msattn import MultiScaleSegmenter
+
+    paper_tables = load_benchmark("paper_tables")
+    model = MultiScaleSegmenter(
+        backbone="mobilenet_v2", num_classes=3, backbone_width=0.35, backbone_weights=None,
+        scales=(1.0, 0.5), head_channels=4, input_shape=(64, 64, 3),
+    )  # fmt: skip
+    images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3)).astype("uint8")
+    gates = model.attention_maps(images.astype("float32"))["recalibration"].reshape(-1, 3)
+    # Batches of 2 and 1 image: the mean is over all pixels, not a mean of batch means.
+    found = paper_tables.recalibration_by_class(model, images, batch_size=2)
+    np.testing.assert_allclose(found["mean"], gates.mean(axis=0), atol=1e-4)
+    np.testing.assert_allclose(found["max"], gates.max(axis=0), atol=1e-4)
