@@ -347,6 +347,21 @@ def git_commit():
     return commit + ("-dirty" if changed else "")
 
 
+def cpu_name():
+    """This CPU's model and widest vector extension, e.g. "AMD EPYC, avx512_vnni"."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            fields = {
+                key.strip(): value
+                for key, value in (line.split(":", 1) for line in f if ":" in line)
+            }
+    except OSError:
+        return None
+    flags = set(fields.get("flags", "").split())
+    widest = next((flag for flag in ("avx512_vnni", "avx512f", "avx2") if flag in flags), None)
+    return ", ".join(v for v in (fields.get("model name", "").strip(), widest) if v) or None
+
+
 # Read once, at start: a commit made while the campaign runs is not the code it runs.
 COMMIT = None
 
@@ -498,6 +513,8 @@ def train_and_evaluate(args, variant, seed):
         **first_phase,
         "run_dir": out_dir,
         "commit": COMMIT,
+        # Seeds train differently on different CPUs: pair runs of one machine only.
+        "cpu": cpu_name(),
         "wall_seconds": round(time.perf_counter() - wall_start, 1),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -572,6 +589,8 @@ def table(records, variants):
 PAIRS = (
     ("full", "single_scale"),
     ("full", "attention_to_scale"),
+    ("full_recalibration_add", "single_scale"),
+    ("full_recalibration_add", "attention_to_scale"),
     ("full_bounded_gate", "full"),
     ("full_recalibration_add", "full"),
     ("full_dilations_reversed", "full"),

@@ -55,6 +55,8 @@ def test_a_killed_campaign_resumes_and_skips_what_it_recorded(tmp_path, capsys):
         assert record["seed"] == 0 and record["steps"] == 2
         assert set(record["stream_accuracy"]) >= {"1.0", "final"}
         assert record["commit"] is None or len(record["commit"]) >= 7
+        # The CPU is recorded: the same seed trains differently on another machine.
+        assert record["cpu"] == load_benchmark("paper_tables").cpu_name()
         # Both test splits are scored; the training images' rules are part of the key.
         assert 0 <= record["unseen_miou"] <= 1 and record["variety"] == "standard"
     assert "weight_0.5" not in records(out)[0]  # single scale has no attention
