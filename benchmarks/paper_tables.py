@@ -676,6 +676,32 @@ def by_size_table(records, variants):
     return "\n".join(lines)
 
 
+# A class whose recalibration gate averages under this over the analysed pixels is
+# one the final output can no longer predict ("Backbone width, and a recalibration
+# gate that closes for good" in docs/results.md).
+CLOSED_GATE = 0.01
+
+
+def closed_gates_table(records, variants):
+    """Markdown: per run with the sigmoid gate, the digits whose gate stayed closed."""
+    lines = [
+        f"| variant | seed | digits whose mean gate is under {CLOSED_GATE:g} | test mIoU |",
+        "|---|---|---|---|",
+    ]
+    for variant in (v for v in VARIANTS if v in variants):
+        for record in sorted(records, key=lambda r: r["seed"]):
+            if record["variant"] != variant or "recalibration_by_class" not in record:
+                continue
+            means = record["recalibration_by_class"]["mean"]
+            # Class 0 is the background, class c the digit c - 1.
+            closed = [str(c - 1) for c, mean in enumerate(means) if c and mean < CLOSED_GATE]
+            lines.append(
+                f"| {LABELS[variant]} | {record['seed']} | {', '.join(closed) or 'none'} | "
+                f"{100 * record['miou']:.1f} |"
+            )
+    return "\n".join(lines) if len(lines) > 2 else None
+
+
 def latest_per_run(records):
     # A run recorded twice (e.g. by two runs of the benchmark at once) counts once.
     latest = {}
@@ -745,6 +771,13 @@ def main(argv=None):
         "0.5x stream's attention weight, and of each stream's pixel accuracy."
     )
     print(by_size_table(records, args.variants))
+    gates = closed_gates_table(records, args.variants)
+    if gates:
+        print(
+            f"\nThe sigmoid recalibration gate by class (first {args.analysis_images} test "
+            "images): the digits it closed for good."
+        )
+        print(gates)
     print(
         "\nPaper VOC: PASCAL VOC 2012 val, VGG16 pretrained, scales 1x + 0.5x (Tables 1-2); "
         "no PSP row on VOC (ADE20K, Table 3: ours 37.07, ours + PSP 38.21)."

@@ -163,3 +163,24 @@ def test_recalibration_by_class_averages_every_pixel_across_batches():
     found = paper_tables.recalibration_by_class(model, images, batch_size=2)
     np.testing.assert_allclose(found["mean"], gates.mean(axis=0), atol=1e-4)
     np.testing.assert_allclose(found["max"], gates.max(axis=0), atol=1e-4)
+
+
+def test_the_report_names_the_digits_whose_gate_closed():
+    paper_tables = load_benchmark("paper_tables")
+    gates = lambda means: {"mean": means, "max": [1.0] * len(means)}  # noqa: E731
+    found = paper_tables.closed_gates_table(
+        [
+            {"variant": "full", "seed": 1, "miou": 0.482,
+             "recalibration_by_class": gates([0.0, 0.0, 0.5, 0.003, 0.01])},
+            {"variant": "full", "seed": 0, "miou": 0.71,
+             "recalibration_by_class": gates([0.9, 0.8, 0.5, 0.6, 0.7])},
+            {"variant": "single_scale", "seed": 0, "miou": 0.6},  # no gate
+        ],
+        ["single_scale", "full"],
+    )  # fmt: skip
+    rows = found.splitlines()[2:]
+    # Seeds in order; class c is digit c - 1; the background's gate does not count;
+    # a mean at exactly the threshold is open.
+    assert rows == ["| full model (this paper) | 0 | none | 71.0 |",
+                    "| full model (this paper) | 1 | 0, 2 | 48.2 |"]  # fmt: skip
+    assert paper_tables.closed_gates_table([{"variant": "full", "seed": 0}], ["full"]) is None
