@@ -606,14 +606,20 @@ PAIRS = (
 
 
 def paired_differences(records, model, baseline, metric="miou"):
-    """{seed: model - baseline} in points, over the seeds both have."""
+    """{seed: model - baseline} in points, over the seeds both have on one CPU.
+
+    A seed trains differently on another CPU, so two runs of one seed recorded
+    on different machines are no pair (records before the "cpu" field pair as before).
+    """
     by_seed = {}
     for record in records:
         by_seed.setdefault(record["seed"], {})[record["variant"]] = record
     return {
         seed: 100 * (runs[model][metric] - runs[baseline][metric])
         for seed, runs in sorted(by_seed.items())
-        if model in runs and baseline in runs
+        if model in runs
+        and baseline in runs
+        and runs[model].get("cpu") == runs[baseline].get("cpu")
     }
 
 
@@ -719,7 +725,17 @@ def main(argv=None):
         return 0
     failed = []
     if not args.report:
-        done = {(r["variant"], r["seed"]) for r in matching(read_records(args.out), args)}
+        recorded = matching(read_records(args.out), args)
+        done = {(r["variant"], r["seed"]) for r in recorded}
+        here = cpu_name()
+        for seed in args.seeds:
+            others = {r.get("cpu") for r in recorded if r["seed"] == seed} - {here}
+            if others and any((variant, seed) not in done for variant in args.variants):
+                print(
+                    f"warning: seed {seed} has runs recorded on {', '.join(map(str, others))}, "
+                    f"and this is {here}: the report pairs only runs of one CPU",
+                    flush=True,
+                )
         # Seed by seed: a benchmark stopped early still has every variant at the same seeds.
         todo = [
             (variant, seed)

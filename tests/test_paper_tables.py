@@ -184,3 +184,46 @@ def test_the_report_names_the_digits_whose_gate_closed():
     assert rows == ["| full model (this paper) | 0 | none | 71.0 |",
                     "| full model (this paper) | 1 | 0, 2 | 48.2 |"]  # fmt: skip
     assert paper_tables.closed_gates_table([{"variant": "full", "seed": 0}], ["full"]) is None
+
+
+def test_runs_of_one_seed_on_different_cpus_are_no_pair():
+    paper_tables = load_benchmark("paper_tables")
+    run = lambda variant, seed, miou, cpu: dict(variant=variant, seed=seed, miou=miou, cpu=cpu)  # noqa: E731
+    found = paper_tables.paired_differences(
+        [
+            run("full", 0, 0.62, "AMD EPYC, avx512_vnni"),
+            run("single_scale", 0, 0.60, "AMD EPYC, avx512_vnni"),
+            run("full", 1, 0.70, "AMD EPYC, avx2"),
+            run("single_scale", 1, 0.60, "AMD EPYC, avx512_vnni"),
+            {"variant": "full", "seed": 2, "miou": 0.5},  # recorded before the cpu field
+            {"variant": "single_scale", "seed": 2, "miou": 0.4},
+        ],
+        "full",
+        "single_scale",
+    )
+    assert list(found) == [0, 2]
+    assert round(found[0], 6) == 2.0 and round(found[2], 6) == 10.0
+
+
+def test_resuming_a_seed_on_another_cpu_warns(tmp_path, monkeypatch, capsys):
+    paper_tables = load_benchmark("paper_tables")
+    out = tmp_path / "tables.jsonl"
+    argv = [*TINY, "--out", str(out), "--variants", "single_scale", "full"]
+    recorded = dict(
+        paper_tables.settings(paper_tables.parse_args(argv)),
+        variant="single_scale", seed=0, miou=0.5, train_seconds=1.0, eval_seconds=1.0,
+        cpu="Another CPU",
+        miou_small=0.1, miou_medium=0.2, miou_large=0.3,
+    )  # fmt: skip
+    out.write_text(json.dumps(recorded) + "\n")
+    # Only the bookkeeping is under test: the run itself is not trained.
+    monkeypatch.setattr(
+        paper_tables,
+        "train_and_evaluate",
+        lambda args, variant, seed: dict(recorded, variant=variant, cpu=paper_tables.cpu_name()),
+    )
+    assert paper_tables.main(argv) == 0
+    output = capsys.readouterr().out
+    assert "warning: seed 0 has runs recorded on Another CPU" in output, output
+    assert "1 runs to do (1 already in" in output
+    assert [r["variant"] for r in records(out)] == ["single_scale", "full"]
