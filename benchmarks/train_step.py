@@ -94,7 +94,10 @@ def main(argv=None):
     variants = {}
     for loss_stride in args.loss_strides:
         suffix = "" if args.loss_strides == [1] else f", losses at stride {loss_stride}"
-        variants[f"single scale{suffix}"] = (dict(scales=(1.0,), fusion=None), loss_stride)
+        variants[f"single scale{suffix}"] = (
+            dict(scales=(1.0,), fusion=None, recalibration=None),
+            loss_stride,
+        )
         for stride in args.head_strides:
             for conv in args.head_convs:
                 separable = conv == "separable"

@@ -124,7 +124,10 @@ def main(argv=None):
     variants = {}
     for loss_stride in args.loss_strides:
         suffix = f", losses at stride {loss_stride}"
-        variants["single scale" + suffix] = (dict(scales=(1.0,), fusion=None), loss_stride)
+        variants["single scale" + suffix] = (
+            dict(scales=(1.0,), fusion=None, recalibration=None),
+            loss_stride,
+        )
         variants["attention" + suffix] = ({}, loss_stride)
     by_part = {}
     for name, (overrides, loss_stride) in variants.items():
