@@ -5,7 +5,7 @@ import re
 import numpy as np
 
 from keras_msattn import quickstart
-from keras_msattn.quickstart import quickstart_config, run_quickstart
+from keras_msattn.quickstart import merge_gain_by_size, quickstart_config, run_quickstart
 
 
 def test_quickstart_config_is_the_two_scale_attention_edge_model():
@@ -67,6 +67,8 @@ def test_quickstart_writes_model_exports_figures_and_report(tmp_path, monkeypatc
         row = " | ".join(f"{accuracy[stream][size]:.3f}" for size in ("small", "medium", "large"))
         assert f"| {name} | {row} |" in report
     assert "| merged output |" in report
+    gains = merge_gain_by_size(accuracy)
+    assert f"{gains['large']:+.3f} on large digits" in report
     assert "batch-norm statistics re-estimated on 16 whole training images" in report
     int8 = json.loads((out / "model_int8.report.json").read_text())
     # The summary repeats what the export verified, and the report names the
@@ -102,3 +104,13 @@ def test_the_cli_help_names_the_default_step_count():
     quickstart = subparsers.choices["quickstart"]
     steps = next(a for a in quickstart._actions if a.dest == "steps")
     assert f"default {DEFAULT_STEPS}" in steps.help
+
+
+def test_merge_gain_is_the_merged_output_minus_the_best_stream_per_size():
+    accuracy = {
+        "1.0": {"small": 0.10, "medium": 0.40, "large": 0.80},
+        "0.5": {"small": 0.00, "medium": 0.50, "large": 0.60},
+        "final": {"small": 0.05, "medium": 0.55, "large": 0.85},
+    }
+    gains = merge_gain_by_size(accuracy)
+    assert np.allclose([gains["small"], gains["medium"], gains["large"]], [-0.05, 0.05, 0.05])
