@@ -429,14 +429,14 @@ def _write_report(out_dir, config, result, scores, reports, summary, figure_imag
     for stream, values in accuracy.items():
         name = "merged output" if stream == "final" else f"{stream}x stream alone"
         lines.append(f"| {name} | " + " | ".join(f"{values[s]:.3f}" for s in sizes) + " |")
-    if len(accuracy) > 2:
+    if len(scales) > 1:
         gains = merge_gain_by_size(accuracy)
         lines += [
             "",
             "The merged output minus the better stream alone, in pixel accuracy: "
             + ", ".join(f"{gains[size]:+.3f} on {size} digits" for size in sizes)
-            + ". A single-scale model is its 1x stream without the second backbone pass; "
-            "docs/results.md compares the two trained apart, on paired seeds.",
+            + ". The 1x stream alone is not a single-scale model trained on its own; "
+            "docs/results.md compares the two models, trained apart, on paired seeds.",
         ]
     lines += [""]
     lines += [f"![attention {i}](figures/attention_{i}.png)" for i in range(figure_images)]
