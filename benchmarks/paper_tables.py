@@ -171,6 +171,13 @@ def parse_args(argv=None):
         help="ScaleDigits rules of the training images (the test splits never change)",
     )
     parser.add_argument(
+        "--extra-small-digits",
+        type=int,
+        default=0,
+        help="ScaleDigits' extra_small_digits for the training images: 0 to N more "
+        "small digits per image (the test splits never change)",
+    )
+    parser.add_argument(
         "--rotation", type=float, default=0.0, help="TrainConfig.rotation_range (degrees)"
     )
     parser.add_argument("--shear", type=float, default=0.0, help="TrainConfig.shear_range")
@@ -242,6 +249,7 @@ def settings(args):
         "batch_norm_images": args.batch_norm_images,
         "hard_pixel_fraction": args.hard_pixel_fraction,
         "learning_rate": args.learning_rate,
+        "extra_small_digits": args.extra_small_digits,
     }
 
 
@@ -262,6 +270,7 @@ def run_config(args, variant, seed):
             "image_size": args.image_size,
             "image_seed": seed,
             "variety": args.variety,
+            "extra_small_digits": args.extra_small_digits,
         },
         crop_size=args.crop_size,
         loss_stride=args.loss_stride,
@@ -310,7 +319,7 @@ def append_record(path, record):
 SETTING_DEFAULTS = {
     "output_stride": 16, "variety": "standard", "loss_stride": 1,
     "rotation": 0.0, "shear": 0.0, "batch_norm_images": 0, "hard_pixel_fraction": 1.0,
-    "learning_rate": 3e-3,
+    "learning_rate": 3e-3, "extra_small_digits": 0,
 }  # fmt: skip
 
 
@@ -427,6 +436,7 @@ def train_and_evaluate(args, variant, seed):
         + (f"-rot{args.rotation:g}-shear{args.shear:g}" if args.rotation or args.shear else "")
         + (f"-bn{args.batch_norm_images}" if args.batch_norm_images else "")
         + (f"-hard{args.hard_pixel_fraction:g}" if args.hard_pixel_fraction < 1 else "")
+        + (f"-small{args.extra_small_digits}" if args.extra_small_digits else "")
         + (
             f"-lr{args.learning_rate:g}"
             if args.learning_rate != SETTING_DEFAULTS["learning_rate"]

@@ -86,6 +86,19 @@ def test_the_learning_rate_is_trained_with_and_part_of_the_resume_key():
     assert paper_tables.matching([old], lower) == []
 
 
+def test_extra_small_digits_reach_the_training_images_only_and_key_the_resume():
+    paper_tables = load_benchmark("paper_tables")
+    default = paper_tables.parse_args([])
+    more = paper_tables.parse_args(["--extra-small-digits", "8"])
+    assert paper_tables.run_config(more, "full", 0).dataset_options["extra_small_digits"] == 8
+    assert paper_tables.run_config(default, "full", 0).dataset_options["extra_small_digits"] == 0
+    # Records from before the setting existed had none.
+    old = {k: v for k, v in paper_tables.settings(default).items() if k != "extra_small_digits"}
+    old.update(variant="full", seed=0)
+    assert paper_tables.matching([old], default) == [old]
+    assert paper_tables.matching([old], more) == []
+
+
 def test_paired_settings_pairs_seeds_and_matches_every_setting(tmp_path, capsys):
     paired_settings = load_benchmark("paired_settings")
     # The resume key's settings as paper_tables writes them, less the two that

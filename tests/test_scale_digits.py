@@ -305,6 +305,11 @@ def test_bad_arguments():
         sd.load("train", variety="wild")
     with pytest.raises(ValueError, match="'unseen' split has fixed rules"):
         sd.load("unseen", variety="broad")
+    for bad in (-1, 1.5, True, sd.MAX_EXTRA_SMALL_DIGITS + 1):
+        with pytest.raises(ValueError, match="extra_small_digits must be an integer"):
+            sd.load("train", extra_small_digits=bad)
+    with pytest.raises(ValueError, match="'unseen' split has fixed rules"):
+        sd.generate("unseen", 0, extra_small_digits=2)
 
 
 def test_generation_is_fast():
@@ -446,3 +451,51 @@ def test_the_unseen_split_keeps_the_sizes_and_digits_of_the_test_split():
     unseen, test = buckets("unseen"), buckets("test")
     np.testing.assert_allclose(unseen, test, atol=0.06)
     assert (unseen > 0.15).all(), unseen
+
+
+@pytest.mark.parametrize("variety", ["standard", "broad"])
+def test_extra_small_digits_only_add_small_digits(variety):
+    extra_counts = []
+    for index in range(12):
+        image, label, size_map, digits = sd.generate("train", index, variety=variety)
+        more = sd.generate("train", index, variety=variety, extra_small_digits=6)
+        again = sd.generate("train", index, variety=variety, extra_small_digits=6)
+        for a, b in zip(more, again, strict=True):  # deterministic
+            assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
+        # The image's own digits come first, unchanged; the extra ones are small.
+        assert more[3][: len(digits)] == digits
+        extra = more[3][len(digits) :]
+        # Drawn under 32 px; the broad variety's bolder strokes add up to 2 px.
+        small_below = sd.size_thresholds()[0]
+        assert len(extra) <= 6 and all(d["height"] < small_below + 2 for d in extra)
+        if variety == "standard":
+            assert all(d["bucket"] == 1 for d in extra)
+        extra_counts.append(len(extra))
+        # Every pixel the extra digits change is now an extra digit's (the broad
+        # variety's contrast jitter centres on the image's mean, which they move).
+        changed = (more[1] != label) | (more[2] != size_map)
+        if variety == "standard":
+            changed |= (more[0] != image).any(axis=-1)
+        assert changed.any() == bool(extra)
+        assert np.isin(more[2][changed], [d["bucket"] for d in extra]).all()
+        assert np.array_equal(more[1] > 0, more[2] > 0)
+    # 0 to 6 extra digits, uniformly: some images get none, most get some.
+    assert 0 in extra_counts and max(extra_counts) >= 4
+
+
+def test_extra_small_digits_raise_the_small_digits_share_of_pixels():
+    def shares(extra):
+        maps = np.stack([sd.generate("train", i, extra_small_digits=extra)[2] for i in range(60)])
+        return np.bincount(maps.ravel(), minlength=4) / maps.size
+
+    standard, more = shares(0), shares(8)
+    assert more[1] > 3 * standard[1]  # small: 0.4% -> about 1.6% of the pixels
+    assert more[3] == pytest.approx(standard[3], rel=0.05)  # large digits stay as they were
+
+
+def test_load_passes_extra_small_digits_on():
+    dataset = sd.load("train", num_images=3, with_size_map=True, extra_small_digits=5)
+    for index, (image, label, size_map) in enumerate(dataset.as_numpy_iterator()):
+        expected = sd.generate("train", index, extra_small_digits=5)
+        assert np.array_equal(image, expected[0]) and np.array_equal(label, expected[1])
+        assert np.array_equal(size_map, expected[2])

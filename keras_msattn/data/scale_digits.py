@@ -54,6 +54,11 @@ either way), digits placed touching one another, and a blurred, noisy image
 with another tone curve. It draws the test split's digit samples, with the
 same sizes and counts as the other splits.
 
+More small digits. Small digits hold 0.4% of a standard image's pixels, large
+ones 9.6%. ``extra_small_digits=N`` (train / val / test) pastes 0 to N more
+small digits after the others, from a random stream of their own, so the rest
+of the image stays as it is without them.
+
 Size buckets (`size_bucket`, by the height in px of the digit's mask):
 ``"small"`` below ``image_size / 6`` (32 px at 192), ``"large"`` above
 ``image_size / 2`` (96 px at 192), ``"medium"`` in between (inclusive). The
@@ -133,9 +138,11 @@ SMALL_BELOW_FRACTION = 1 / 6
 LARGE_ABOVE_FRACTION = 1 / 2
 MIN_COLOR_DISTANCE = 110.0  # RGB Euclidean, between digit and background means
 MIN_DIGITS, MAX_DIGITS = 1, 5
+MAX_EXTRA_SMALL_DIGITS = 20  # `extra_small_digits`
 
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "unseen": 3}
 _STREAM = 0x5CA1ED  # keeps these random streams apart from other uses of the seed
+_EXTRA_SMALL_STREAM = 1  # the extra small digits' own stream, after the image's
 _GLYPH_SIZE = 80  # canonical resolution of a smoothed glyph, px
 _GLYPH_SIGMA = 2.0
 _GLYPH_THRESHOLDS = (0.65, 0.6, 0.55, 0.5, 0.45, 0.4)
@@ -580,19 +587,100 @@ def _photometric(rng, rule, image):
     return 255.0 * (np.clip(image, 0.0, 255.0) / 255.0) ** gamma
 
 
-def generate(split, index, *, image_seed=0, image_size=DEFAULT_IMAGE_SIZE, variety="standard"):
+def _paste_digit(rng, rules, canvas, height, samples, background_id, digits):
+    """Draws one digit `height` px tall, pastes it into `canvas` (image, label,
+    size map; a later digit overwrites earlier ones) and appends its record."""
+    image, label, size_map = canvas
+    image_size = label.shape[0]
+    photos = rules.photos
+    _, targets = _digits()
+    sample_index = int(samples[rng.integers(len(samples))])
+    mask = _render(rng, rules.rendering, sample_index, height)
+    h, w = mask.shape
+    # The least occupied of a few positions, so small digits are rarely hidden.
+    top, left = _place(rng, rules.placement, label, mask, image_size, digits)
+    box, mask_box = _visible(top, left, h, w, image_size)
+
+    fills = rules.fills
+    fill_rule = fills[int(rng.integers(len(fills)))] if len(fills) > 1 else fills[0]
+    texture_photo = None
+    if fill_rule == "texture":
+        texture_id = int(rng.integers(len(photos) - 1))
+        texture_photo = _photo(photos[texture_id + (texture_id >= background_id)])
+    reference = image[box].reshape(-1, 3).mean(axis=0)
+    fill, color = _fill(rng, fill_rule, mask, reference, texture_photo)
+
+    visible = mask[mask_box]  # the ink inside the image (all of it unless cut)
+    if visible.shape != mask.shape:  # cut by the border: the fill of the ink inside
+        inside = np.zeros(mask.shape, bool)
+        inside[mask_box] = True
+        fill = fill[inside[mask]]
+    image[box][visible] = fill
+    digit = int(targets[sample_index])
+    label[box][visible] = digit + 1
+    bucket = size_bucket(h, image_size)
+    size_map[box][visible] = bucket
+    digits.append(
+        {
+            "sample_index": sample_index,
+            "digit": digit,
+            "height": h,
+            "width": w,
+            "bucket": bucket,
+            "top": top,
+            "left": left,
+            "fill": fill_rule,
+            "color": tuple(float(c) for c in color),
+            "background_color": tuple(float(c) for c in reference),
+        }
+    )
+
+
+def _check_extra_small_digits(split, extra_small_digits):
+    if (
+        isinstance(extra_small_digits, bool)
+        or not isinstance(extra_small_digits, (int, np.integer))
+        or not 0 <= extra_small_digits <= MAX_EXTRA_SMALL_DIGITS
+    ):
+        raise ValueError(
+            f"extra_small_digits must be an integer in [0, {MAX_EXTRA_SMALL_DIGITS}], "
+            f"got {extra_small_digits!r}"
+        )
+    if extra_small_digits and split == "unseen":
+        raise ValueError(
+            "the 'unseen' split has fixed rules of its own; `extra_small_digits` applies "
+            "to train / val / test only"
+        )
+
+
+def generate(
+    split,
+    index,
+    *,
+    image_seed=0,
+    image_size=DEFAULT_IMAGE_SIZE,
+    variety="standard",
+    extra_small_digits=0,
+):
     """One ScaleDigits example, as numpy arrays.
 
     Args:
         split: "train", "val", "test" or "unseen".
         index: non-negative image index within the split.
         image_seed: non-negative integer choosing which images the split holds;
-            the same (image_seed, split, index, image_size, variety) gives
-            byte-identical output.
+            the same (image_seed, split, index, image_size, variety,
+            extra_small_digits) gives byte-identical output.
         image_size: side of the square image in px.
         variety: "standard" (the module docstring's rules) or "broad" (more
             fills, renderings, placements and photometric jitter; see `_RULES`),
             for train / val / test. "unseen" has rules of its own.
+        extra_small_digits: up to this many more small digits (0 to the number,
+            uniformly) pasted after the others, for train / val / test. Small
+            digits hold 0.4% of the standard images' pixels; this gives training
+            more of them. The extra digits draw from a random stream of their
+            own, so the rest of the image is what it is with 0, except where an
+            extra digit covers it (and, in the broad variety, through the
+            contrast jitter, which centres on the image's mean).
 
     Returns:
         ``(image, label, size_map, digits)``: uint8 (S, S, 3), int32 (S, S) with
@@ -604,63 +692,30 @@ def generate(split, index, *, image_seed=0, image_size=DEFAULT_IMAGE_SIZE, varie
     """
     _check_split(split)
     _check_args(image_seed, image_size)
+    _check_extra_small_digits(split, extra_small_digits)
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
         raise ValueError(f"index must be a non-negative integer, got {index!r}")
     rules = _rules(split, variety)
-    rng = np.random.default_rng([_STREAM, int(image_seed), _SPLIT_IDS[split], int(index)])
+    stream = [_STREAM, int(image_seed), _SPLIT_IDS[split], int(index)]
+    rng = np.random.default_rng(stream)
     samples = _split_indices()[_sample_split(split)]
-    _, targets = _digits()
-    photos = rules.photos
 
-    background_id = int(rng.integers(len(photos)))
-    image = _background(rng, _photo(photos[background_id]), image_size).astype(np.float32)
+    background_id = int(rng.integers(len(rules.photos)))
+    image = _background(rng, _photo(rules.photos[background_id]), image_size).astype(np.float32)
     label = np.zeros((image_size, image_size), np.int32)
     size_map = np.zeros((image_size, image_size), np.uint8)
+    canvas = (image, label, size_map)
 
     count = int(rng.integers(MIN_DIGITS, MAX_DIGITS + 1))
-    heights = _draw_heights(rng, count, image_size)
     digits = []
-    for height in heights:
-        sample_index = int(samples[rng.integers(len(samples))])
-        mask = _render(rng, rules.rendering, sample_index, height)
-        h, w = mask.shape
-        # The least occupied of a few positions, so small digits are rarely hidden.
-        top, left = _place(rng, rules.placement, label, mask, image_size, digits)
-        box, mask_box = _visible(top, left, h, w, image_size)
-
-        fills = rules.fills
-        fill_rule = fills[int(rng.integers(len(fills)))] if len(fills) > 1 else fills[0]
-        texture_photo = None
-        if fill_rule == "texture":
-            texture_id = int(rng.integers(len(photos) - 1))
-            texture_photo = _photo(photos[texture_id + (texture_id >= background_id)])
-        reference = image[box].reshape(-1, 3).mean(axis=0)
-        fill, color = _fill(rng, fill_rule, mask, reference, texture_photo)
-
-        visible = mask[mask_box]  # the ink inside the image (all of it unless cut)
-        if visible.shape != mask.shape:  # cut by the border: the fill of the ink inside
-            inside = np.zeros(mask.shape, bool)
-            inside[mask_box] = True
-            fill = fill[inside[mask]]
-        image[box][visible] = fill
-        digit = int(targets[sample_index])
-        label[box][visible] = digit + 1
-        bucket = size_bucket(h, image_size)
-        size_map[box][visible] = bucket
-        digits.append(
-            {
-                "sample_index": sample_index,
-                "digit": digit,
-                "height": h,
-                "width": w,
-                "bucket": bucket,
-                "top": top,
-                "left": left,
-                "fill": fill_rule,
-                "color": tuple(float(c) for c in color),
-                "background_color": tuple(float(c) for c in reference),
-            }
-        )
+    for height in _draw_heights(rng, count, image_size):
+        _paste_digit(rng, rules, canvas, height, samples, background_id, digits)
+    if extra_small_digits:
+        extra_rng = np.random.default_rng([*stream, _EXTRA_SMALL_STREAM])
+        low, high = height_range(image_size)[0], size_thresholds(image_size)[0]
+        for _ in range(int(extra_rng.integers(extra_small_digits + 1))):
+            height = float(np.exp(extra_rng.uniform(np.log(low), np.log(high))))
+            _paste_digit(extra_rng, rules, canvas, height, samples, background_id, digits)
     image = _photometric(rng, rules.photometric, image)
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     return image, label, size_map, digits
@@ -682,6 +737,7 @@ def load(
     num_images=None,
     with_size_map=False,
     variety="standard",
+    extra_small_digits=0,
 ):
     """ScaleDigits `split` as an unbatched, lazily generated ``tf.data.Dataset``.
 
@@ -702,6 +758,8 @@ def load(
         with_size_map: also yield the uint8 size map (0 background, 1 small,
             2 medium, 3 large) for per-bucket evaluation.
         variety: "standard" or "broad" (`generate`); train / val / test only.
+        extra_small_digits: up to this many more small digits per image
+            (`generate`); train / val / test only. Default 0.
 
     Returns:
         A dataset of ``(image uint8 (S, S, 3), label int32 (S, S))``, or of
@@ -713,7 +771,9 @@ def load(
     del data_dir, skip_bad, num_classes
     _check_split(split)
     _check_args(image_seed, image_size)
-    _rules(split, variety)  # a bad variety fails here, not in a tf.data worker
+    # Bad options fail here, not in a tf.data worker.
+    _rules(split, variety)
+    _check_extra_small_digits(split, extra_small_digits)
     if num_images is None:
         num_images = DEFAULT_NUM_IMAGES[split]
     if (
@@ -726,8 +786,9 @@ def load(
 
     def make(index):
         image, label, size_map, _ = generate(
-            split, int(index), image_seed=image_seed, image_size=image_size, variety=variety
-        )
+            split, int(index), image_seed=image_seed, image_size=image_size,
+            variety=variety, extra_small_digits=extra_small_digits,
+        )  # fmt: skip
         return (image, label, size_map) if with_size_map else (image, label)
 
     types = (tf.uint8, tf.int32, tf.uint8) if with_size_map else (tf.uint8, tf.int32)
