@@ -84,6 +84,9 @@ VARIANTS = {
     # Scores finer than the output stride (docs/results.md, "How fine the output can be").
     "full_refined_scores": dict(_FULL, score_refinement=True),
     "full_refined_scores_bounded_gate": dict(_FULL, score_refinement=True, attention_bound=4.0),
+    "full_recalibration_add_refined_scores": dict(
+        _FULL, recalibration="add", score_refinement=True
+    ),
     # In place of the ImageNet pretraining the paper had: the shared backbone first
     # trains alone (single scale, scales 0.5-1.25x) for half the steps, then the full
     # model starts from it for the other half (the same total step count).
@@ -109,6 +112,7 @@ LABELS = {
     "full_separable_heads_dilations_reversed": "full, separable heads, dilations 2 / 12",
     "full_refined_scores": "full, scores refined from the hypercolumn",
     "full_refined_scores_bounded_gate": "full, refined scores, bounded attention",
+    "full_recalibration_add_refined_scores": "added recalibration, refined scores",
     "full_backbone_first": "full, backbone trained alone for the first half",
 }
 # PASCAL VOC 2012 val mIoU (%), VGG16, scales 1x and 0.5x (Tables 1 and 2). The
