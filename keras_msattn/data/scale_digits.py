@@ -325,9 +325,12 @@ def _draw_heights(rng, count, image_size):
     heights = []
     for _ in range(count):
         bucket = int(rng.integers(2 if len(heights) and max(heights) > large_above else 3))
-        a, b = bounds[bucket]
-        heights.append(float(np.exp(rng.uniform(np.log(a), np.log(b)))))
+        heights.append(_log_uniform(rng, *bounds[bucket]))
     return sorted(heights, reverse=True)
+
+
+def _log_uniform(rng, low, high):
+    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
 
 
 # === Generation ===
@@ -712,9 +715,9 @@ def generate(
         _paste_digit(rng, rules, canvas, height, samples, background_id, digits)
     if extra_small_digits:
         extra_rng = np.random.default_rng([*stream, _EXTRA_SMALL_STREAM])
-        low, high = height_range(image_size)[0], size_thresholds(image_size)[0]
+        small = height_range(image_size)[0], size_thresholds(image_size)[0]
         for _ in range(int(extra_rng.integers(extra_small_digits + 1))):
-            height = float(np.exp(extra_rng.uniform(np.log(low), np.log(high))))
+            height = _log_uniform(extra_rng, *small)
             _paste_digit(extra_rng, rules, canvas, height, samples, background_id, digits)
     image = _photometric(rng, rules.photometric, image)
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
