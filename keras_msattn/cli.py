@@ -147,6 +147,14 @@ def _add_inference_options(parser):
         default=[1.0],
         help="multi-scale testing, e.g. 0.75 1.0 1.25 (softmax probabilities are averaged)",
     )
+    parser.add_argument(
+        "--tta-weights",
+        type=float,
+        nargs="+",
+        default=None,
+        help="one weight per --tta-scales scale for a weighted average, e.g. "
+        "--tta-scales 1.0 2.0 --tta-weights 2 1 (default: equal)",
+    )
     parser.add_argument("--flip", action="store_true", help="also average the flipped image")
     parser.add_argument(
         "--sliding-window",
@@ -157,6 +165,17 @@ def _add_inference_options(parser):
         metavar="CROP",
         help="tile images with CROP windows (H or HxW; default: the model's fixed input size)",
     )
+
+
+def _check_inference_options(args):
+    """Fails fast, before any model or data is loaded, on --tta-* values that cannot work."""
+    from keras_msattn.inference import check_tta_scales, check_tta_weights
+
+    try:
+        check_tta_weights(args.tta_weights, check_tta_scales(args.tta_scales))
+    except ValueError as error:
+        message = str(error).replace("`tta_weights`", "--tta-weights")
+        raise ValueError(message.replace("`tta_scales`", "--tta-scales")) from None
 
 
 def _add_evaluate(subparsers):
@@ -187,6 +206,7 @@ def _run_evaluate(args):
 
     if args.max_images is not None and args.max_images < 1:
         raise ValueError(f"--max-images must be a positive integer, got {args.max_images}")
+    _check_inference_options(args)
     results, path = evaluate_saved_model(
         args.model,
         args.dataset,
@@ -194,6 +214,7 @@ def _run_evaluate(args):
         data_dir=args.data_dir,
         out=args.out,
         tta_scales=tuple(args.tta_scales),
+        tta_weights=args.tta_weights,
         flip=args.flip,
         sliding_window=args.sliding_window,
         max_images=args.max_images,
@@ -226,6 +247,7 @@ def _add_predict(subparsers):
 def _run_predict(args):
     from keras_msattn.prediction import predict_with_saved_model
 
+    _check_inference_options(args)
     results = predict_with_saved_model(
         args.model,
         args.images,
@@ -233,6 +255,7 @@ def _run_predict(args):
         class_names_file=args.class_names,
         attention=not args.no_attention,
         tta_scales=tuple(args.tta_scales),
+        tta_weights=args.tta_weights,
         flip=args.flip,
         sliding_window=args.sliding_window,
     )

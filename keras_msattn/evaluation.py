@@ -32,13 +32,16 @@ from keras_msattn.data.base import IGNORE_LABEL
 from keras_msattn.inference import (
     accepts_input_size,
     batch_logits,
+    batch_probabilities,
     check_tta_scales,
+    check_tta_weights,
     confusion_matrix,
     fixed_input_size,
     load_segmenter,
     mean_iou,
     model_num_classes,
     predict_probabilities,
+    scaled_sizes,
     segmentation_scores,
     size_pair,
 )
@@ -83,6 +86,7 @@ def evaluate(
     max_images=None,
     ignore_label=IGNORE_LABEL,
     verbose=1,
+    tta_weights=None,
 ):
     """Scores a segmentation model on a dataset, one image at a time.
 
@@ -93,11 +97,11 @@ def evaluate(
             with `extra_scores`, `(image, label, *extras)` as the dataset's `load`
             yields with `extra_scores.load_options`.
         num_classes: number of classes C.
-        tta_scales, flip, sliding_window: see `predict_probabilities`.
-        batch_size: images per model call; consecutive images of one size seen as
-            they are (no `tta_scales` but 1.0, no `flip`, no window) are batched
-            (memory grows with it), and a tiled image sends this many windows at a
-            time.
+        tta_scales, flip, sliding_window, tta_weights: see `predict_probabilities`.
+        batch_size: images per model call; consecutive images of one size that
+            need no window (the model takes them at every scale of `tta_scales`)
+            are batched (memory grows with it), and a tiled image sends this many
+            windows at a time.
         class_names: C names for `per_class_iou`; default "class_<i>".
         extra_scores: a dataset's `ExtraScores` (`keras_msattn.data.datasets.extra_scores`,
             e.g. ScaleDigits' mIoU by digit size), merged into the results.
@@ -124,6 +128,7 @@ def evaluate(
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
         raise ValueError(f"`max_images` must be a positive integer or None, got {max_images!r}.")
     scales = check_tta_scales(tta_scales)
+    weights = check_tta_weights(tta_weights, scales)
     if sliding_window is not None:
         sliding_window = size_pair(sliding_window, "sliding_window")
     num_classes = int(num_classes)
@@ -139,7 +144,7 @@ def evaluate(
         )
     num_images = 0
     examples = _checked_examples(_examples(dataset), max_images)
-    options = dict(tta_scales=scales, flip=flip, sliding_window=sliding_window)
+    options = dict(tta_scales=scales, tta_weights=weights, flip=flip, sliding_window=sliding_window)
     for example, probabilities in _predictions(model, examples, batch_size, options):
         label = example[1]
         if probabilities.shape[-1] != num_classes:
@@ -169,6 +174,7 @@ def evaluate(
         "num_images": num_images,
         "num_pixels": int(confusion.sum()),
         "tta_scales": list(scales),
+        "tta_weights": list(weights),
         "flip": bool(flip),
         "sliding_window": list(sliding_window) if sliding_window is not None else None,
     }
@@ -197,26 +203,34 @@ def _checked_examples(examples, max_images):
 def _predictions(model, examples, batch_size, options):
     """(example, per-pixel scores whose argmax is the prediction) for each example.
 
-    Images seen as they are (no test-time scales, flips or windows) go through
-    the model `batch_size` at a time while their sizes match: per-call overhead
-    dominates a small model's time on one image. Their logits stand in for the
-    probabilities, which have the same argmax. Any other image is predicted alone
-    by `predict_probabilities`.
+    Consecutive images of one size that need no window go through the model
+    `batch_size` at a time, once per view: per-call overhead dominates a small
+    model's time on one image. Seen as they are (no test-time scales but 1.0, no
+    flip), their logits stand in for the probabilities, which have the same
+    argmax. Any other image is predicted alone by `predict_probabilities`.
     """
     plain = options["tta_scales"] == (1.0,) and not options["flip"]
-    plain = plain and options["sliding_window"] is None
+    batchable = options["sliding_window"] is None
+    views = {k: options[k] for k in ("tta_scales", "tta_weights", "flip")}
     pending = []
 
     def flush():
-        logits = batch_logits(model, np.stack([ex[0] for ex in pending]), batch_size=len(pending))
-        done = list(zip(pending, logits, strict=True))
+        images = np.stack([ex[0] for ex in pending])
+        if plain:
+            scores = batch_logits(model, images, batch_size=len(pending))
+        else:
+            scores = batch_probabilities(model, images, **views)
+        done = list(zip(pending, scores, strict=True))
         pending.clear()
         return done
 
+    def takes_whole(image):
+        sizes = scaled_sizes(*image.shape[:2], options["tta_scales"])
+        return all(accepts_input_size(model, *size) for size in sizes)
+
     for example in examples:
         image = example[0]
-        seen_as_is = plain and image.ndim == 3 and image.shape[-1] == 3
-        if seen_as_is and accepts_input_size(model, *image.shape[:2]):
+        if batchable and image.ndim == 3 and image.shape[-1] == 3 and takes_whole(image):
             if pending and pending[0][0].shape != image.shape:
                 yield from flush()
             pending.append(example)
@@ -299,6 +313,7 @@ def evaluate_saved_model(
     max_images=None,
     verbose=1,
     skip_bad=False,
+    tta_weights=None,
 ):
     """Loads a `.keras` model, scores it on a dataset split and writes the JSON report.
 
@@ -309,7 +324,7 @@ def evaluate_saved_model(
         data_dir: the dataset root.
         out: the JSON path; default `default_json_path(model_path, dataset, split)`.
         sliding_window: None, a crop size, or "model" for the model's fixed input size.
-        tta_scales, flip, max_images, verbose: as `evaluate`. A dataset's extra
+        tta_scales, tta_weights, flip, max_images, verbose: as `evaluate`. A dataset's extra
             scores (ScaleDigits: mIoU by digit size) are added.
         skip_bad: skip bad files (counted on stderr, and in the results as
             `num_skipped`: None where the count is unknown, e.g. cut short by
@@ -355,6 +370,7 @@ def evaluate_saved_model(
         info.num_classes,
         metadata=metadata,
         tta_scales=tta_scales,
+        tta_weights=tta_weights,
         flip=flip,
         sliding_window=sliding_window,
         class_names=info.class_names,

@@ -9,7 +9,8 @@ here:
 - input sizes: `fixed_input_size`, `model_input_size`, `check_input_size`,
   `accepts_input_size`;
 - `predict_probabilities` / `predict_labels`: one image, with multi-scale
-  testing, flips and sliding windows;
+  testing, flips and sliding windows; `batch_probabilities`: a batch of
+  same-size images, with multi-scale testing and flips;
 - `confusion_matrix`, `mean_iou`, `segmentation_scores`: the numpy scores
   (the streaming Keras metrics are `keras_msattn.metrics`).
 
@@ -21,6 +22,9 @@ How one image is predicted (`predict_probabilities`):
   probabilities. The probabilities of all scales (and flips) are averaged, the
   DeepLab / PSPNet convention: averaging probabilities keeps one overconfident
   view from outvoting the others, which averaging raw logits would not.
+  `tta_weights` weighs the scales unequally, e.g. `tta_scales=(1.0, 2.0),
+  tta_weights=(2, 1)`: a zoomed view that finds small objects without
+  outvoting the 1x view on large ones.
 - **Flip** (`flip=True`): every scale also runs on the horizontally flipped
   image, whose logits are flipped back before averaging.
 - **Sliding window** (`sliding_window`): the (scaled) image is tiled with
@@ -289,8 +293,37 @@ def _softmax(logits):
     return shifted
 
 
+def _merged_probabilities(images, scales, weights, flip, view_logits):
+    """Softmax probabilities `(N, H, W, C)` of `(N, H, W, 3)` images, weighted over views.
+
+    Every scale's image (and its mirror with `flip`) goes through
+    `view_logits((N, h, w, 3)) -> (N, h, w, C)`; its logits are resized back to
+    `H x W` and turned into probabilities, which are summed with the scale's weight.
+    """
+    height, width = images.shape[1:3]
+    mirrors = (False, True) if flip else (False,)
+    total = None
+    for size, weight in zip(scaled_sizes(height, width, scales), weights, strict=True):
+        scaled = _resize(images, *size)
+        for mirrored in mirrors:
+            view = scaled[:, :, ::-1] if mirrored else scaled
+            logits = view_logits(np.ascontiguousarray(view))
+            if mirrored:
+                logits = logits[:, :, ::-1]
+            probabilities = _softmax(_resize(logits, height, width))
+            probabilities *= weight / len(mirrors)
+            total = probabilities if total is None else total + probabilities
+    return total
+
+
 def predict_probabilities(
-    model, image, tta_scales=(1.0,), flip=False, sliding_window=None, batch_size=1
+    model,
+    image,
+    tta_scales=(1.0,),
+    flip=False,
+    sliding_window=None,
+    batch_size=1,
+    tta_weights=None,
 ):
     """Class probabilities `(H, W, C)` of one image, averaged over scales and flips.
 
@@ -303,6 +336,8 @@ def predict_probabilities(
             image with. Images the model cannot take are tiled (fixed-size model)
             or padded (too small) automatically.
         batch_size: windows per model call when tiling.
+        tta_weights: None (every scale weighs the same) or one non-negative
+            weight per scale; the average is weighted by them.
 
     Returns:
         float32 numpy `(H, W, C)`, summing to 1 over classes.
@@ -311,19 +346,26 @@ def predict_probabilities(
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"`image` must be (H, W, 3) RGB, got shape {image.shape}.")
     scales = check_tta_scales(tta_scales)
-    height, width = image.shape[:2]
-    total = None
-    for scale in scales:
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        scaled = _resize(image[None], *size)[0]
-        views = [(scaled, False), (scaled[:, ::-1], True)] if flip else [(scaled, False)]
-        for view, flipped in views:
-            logits = _view_logits(model, np.ascontiguousarray(view), sliding_window, batch_size)
-            if flipped:
-                logits = logits[:, ::-1]
-            probabilities = _softmax(_resize(logits[None], height, width)[0])
-            total = probabilities if total is None else total + probabilities
-    return total / (len(scales) * (2 if flip else 1))
+    weights = check_tta_weights(tta_weights, scales)
+
+    def view_logits(views):
+        return _view_logits(model, views[0], sliding_window, batch_size)[None]
+
+    return _merged_probabilities(image[None], scales, weights, flip, view_logits)[0]
+
+
+def batch_probabilities(model, images, tta_scales=(1.0,), flip=False, tta_weights=None):
+    """`predict_probabilities` of `(N, H, W, 3)` images of one size, in one model call
+    per view; for models that take every scaled size whole (`accepts_input_size`)."""
+    images = np.asarray(images, np.float32)
+    scales = check_tta_scales(tta_scales)
+    weights = check_tta_weights(tta_weights, scales)
+    return _merged_probabilities(images, scales, weights, flip, lambda views: _logits(model, views))
+
+
+def scaled_sizes(height, width, tta_scales):
+    """The `(h, w)` each of `tta_scales` resizes an `H x W` image to."""
+    return [(max(1, round(height * s)), max(1, round(width * s))) for s in tta_scales]
 
 
 def predict_labels(model, image, **options):
@@ -341,6 +383,28 @@ def check_tta_scales(tta_scales):
     if not scales or any(not (s > 0 and math.isfinite(s)) for s in scales):
         raise ValueError(f"`tta_scales` must be one or more positive scales, got {tta_scales!r}.")
     return scales
+
+
+def check_tta_weights(tta_weights, scales):
+    """The weights of `scales` normalised to sum to 1 (equal when `tta_weights` is None)."""
+    if tta_weights is None:
+        return tuple(1.0 / len(scales) for _ in scales)
+    try:
+        weights = tuple(float(w) for w in tta_weights)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"`tta_weights` must be a sequence of numbers, got {tta_weights!r}."
+        ) from error
+    if len(weights) != len(scales):
+        raise ValueError(
+            f"`tta_weights` needs one weight per scale of `tta_scales` {list(scales)}, got "
+            f"{list(weights)}."
+        )
+    if any(not (w >= 0 and math.isfinite(w)) for w in weights) or sum(weights) <= 0:
+        raise ValueError(
+            f"`tta_weights` must be non-negative numbers with a positive sum, got {tta_weights!r}."
+        )
+    return tuple(w / sum(weights) for w in weights)
 
 
 # === Scores ===

@@ -99,7 +99,7 @@ def predict_file(
         class_names: names for the figures (None: "class <i>").
         attention: also write the attention figures when the model has them.
         image: the already decoded image, to skip reading `path` again.
-        **options: `tta_scales`, `flip`, `sliding_window`, `batch_size` as in
+        **options: `tta_scales`, `tta_weights`, `flip`, `sliding_window`, `batch_size` as in
             `keras_msattn.inference.predict_probabilities`.
 
     Returns:

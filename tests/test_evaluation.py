@@ -110,10 +110,18 @@ def test_same_size_images_share_model_calls_and_score_as_one_at_a_time(model, mo
     assert calls == [3, 1, 1]
     matrix, _ = reference_scores(model, examples, ADE_CLASSES)
     np.testing.assert_array_equal(np.array(results["confusion_matrix"]), matrix)
+    # With test-time views, same-size images still share a call per view, and each
+    # scores as `predict_probabilities` of it alone.
     calls.clear()
-    flipped = evaluation.evaluate(model, examples[:2], ADE_CLASSES, batch_size=3, flip=True)
-    assert calls == [1, 1, 1, 1], "a flipped image is predicted alone, with its mirror"
-    assert flipped["num_images"] == 2
+    options = dict(tta_scales=(1.0, 1.5), tta_weights=(2, 1), flip=True)
+    viewed = evaluation.evaluate(model, examples, ADE_CLASSES, batch_size=3, verbose=0, **options)
+    assert calls == [3] * 4 + [1] * 4 + [1] * 4, "one call per scale and mirror"
+    expected = np.zeros((ADE_CLASSES, ADE_CLASSES), np.int64)
+    for image, label in examples:
+        prediction = inference.predict_probabilities(model, image, **options).argmax(-1)
+        expected += inference.confusion_matrix(label, prediction, ADE_CLASSES)
+    np.testing.assert_array_equal(np.array(viewed["confusion_matrix"]), expected)
+    assert viewed["tta_weights"] == pytest.approx([2 / 3, 1 / 3])
 
 
 def test_multi_scale_testing_averages_softmax_probabilities(model):
@@ -126,6 +134,33 @@ def test_multi_scale_testing_averages_softmax_probabilities(model):
     ) / 2
     np.testing.assert_allclose(got, expected, atol=1e-5)
     np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
+
+
+def test_tta_weights_weigh_each_scale_s_probabilities(model):
+    image = np.random.default_rng(2).uniform(0, 255, (48, 40, 3)).astype("float32")
+    one = inference.predict_probabilities(model, image)
+    zoomed = inference.predict_probabilities(model, image, tta_scales=(2.0,))
+    got = inference.predict_probabilities(model, image, tta_scales=(1.0, 2.0), tta_weights=(3, 1))
+    np.testing.assert_allclose(got, 0.75 * one + 0.25 * zoomed, atol=1e-5)
+    assert np.abs(zoomed - one).max() > 0.01, "the two views must differ for the test to bite"
+    # A zero weight leaves its scale out; the batch path agrees with one image at a time.
+    only = inference.predict_probabilities(model, image, tta_scales=(1.0, 2.0), tta_weights=(0, 1))
+    np.testing.assert_allclose(only, zoomed, atol=1e-6)
+    batch = inference.batch_probabilities(
+        model, np.stack([image, image[::-1]]), tta_scales=(1.0, 2.0), tta_weights=(3, 1)
+    )
+    np.testing.assert_allclose(batch[0], got, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "weights, message",
+    [((1.0,), "one weight per scale"), ((1.0, -1.0), "non-negative"), ((0, 0), "positive sum"),
+     (("a", 1), "numbers")],
+)  # fmt: skip
+def test_bad_tta_weights_are_named(model, weights, message):
+    image = np.zeros((32, 32, 3), "float32")
+    with pytest.raises(ValueError, match=message):
+        inference.predict_probabilities(model, image, tta_scales=(1.0, 2.0), tta_weights=weights)
 
 
 def test_flip_averages_the_image_and_its_mirror(model):
@@ -287,12 +322,13 @@ def test_cli_evaluate_prints_a_table_and_writes_json(saved_model, ade, pairs, mo
 def test_cli_evaluate_options(saved_model, ade, tmp_path, capsys):
     out = tmp_path / "r.json"
     argv = ["evaluate", str(saved_model), "--dataset", "ade20k", "--data-dir", ade["data_dir"],
-            "--tta-scales", "0.75", "1.0", "--flip", "--sliding-window", "40x48",
-            "--max-images", "1", "--out", str(out)]  # fmt: skip
+            "--tta-scales", "0.75", "1.0", "--tta-weights", "1", "3", "--flip",
+            "--sliding-window", "40x48", "--max-images", "1", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     report = json.loads(out.read_text())
     assert report["num_images"] == 1
     assert report["tta_scales"] == [0.75, 1.0] and report["flip"] is True
+    assert report["tta_weights"] == [0.25, 0.75]
     assert report["sliding_window"] == [40, 48]
 
 
@@ -302,6 +338,20 @@ def test_cli_evaluate_options(saved_model, ade, tmp_path, capsys):
         (["evaluate", "missing.keras", "--dataset", "ade20k"], "missing.keras: no such model file"),
         (["evaluate", "{model}", "--dataset", "scale_digits"], "predicts 150 classes"),
         (["evaluate", "{model}", "--dataset", "ade20k", "--sliding-window"], "fixed input size"),
+        (
+            [
+                "evaluate",
+                "{model}",
+                "--dataset",
+                "ade20k",
+                "--tta-scales",
+                "1",
+                "2",
+                "--tta-weights",
+                "1",
+            ],
+            "one weight per scale",
+        ),
     ],
 )
 def test_cli_evaluate_errors_name_the_problem(saved_model, argv, message, capsys):

@@ -3,6 +3,7 @@ import os
 import re
 
 import numpy as np
+import pytest
 
 from keras_msattn import quickstart
 from keras_msattn.quickstart import merge_gain_by_size, quickstart_config, run_quickstart
@@ -91,7 +92,24 @@ def test_quickstart_writes_model_exports_figures_and_report(tmp_path, monkeypatc
     expected = np.bincount(labels.ravel() * 11 + predictions.ravel(), minlength=121)
     np.testing.assert_array_equal(np.asarray(unseen["confusion_matrix"]).ravel(), expected)
     assert summary["unseen_miou"] == unseen["miou"]
-    assert f"| mIoU | {scores['miou']:.3f} | {unseen['miou']:.3f} |" in report
+    # Both splits again with the 2x view: the saved model's labels from
+    # `predict_labels` with the quickstart's zoom, image by image.
+    from keras_msattn.inference import predict_labels
+
+    zoomed = scores["with_2x_view"]
+    model = load_segmenter(str(out / "model.keras"))
+    for split in ("test", "unseen"):
+        assert zoomed[split]["tta_scales"] == [1.0, 2.0]
+        assert zoomed[split]["tta_weights"] == pytest.approx([0.6, 0.4])
+        expected = np.zeros(121, np.int64)
+        for i in range(6):
+            image, label = scale_digits.generate(split, i, image_seed=0)[:2]
+            predicted = predict_labels(model, image, tta_scales=(1.0, 2.0), tta_weights=(3, 2))
+            expected += np.bincount(label.ravel() * 11 + predicted.ravel(), minlength=121)
+        np.testing.assert_array_equal(np.ravel(zoomed[split]["confusion_matrix"]), expected)
+        assert summary["with_2x_view"][f"{split}_miou"] == zoomed[split]["miou"]
+    row = [scores["miou"], unseen["miou"], zoomed["test"]["miou"], zoomed["unseen"]["miou"]]
+    assert "| mIoU | " + " | ".join(f"{value:.3f}" for value in row) + " |" in report
 
 
 def test_the_cli_help_names_the_default_step_count():
