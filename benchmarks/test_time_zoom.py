@@ -11,6 +11,7 @@ appended to --out; lines already there are skipped, so a killed run resumes.
     python benchmarks/test_time_zoom.py quickstart/model.keras --split val --images 300 \\
         --combos 1:1 2:1 3:1 1:0.6,2:0.4 1:0.6,2:0.2,3:0.2 --out benchmarks/results/test_time_zoom.jsonl
     python benchmarks/test_time_zoom.py --report --out benchmarks/results/test_time_zoom.jsonl
+    python benchmarks/test_time_zoom.py --report --baseline single_scale --out ...   # paired by seed
 """
 
 import argparse
@@ -129,13 +130,59 @@ def score(args, model_path, combos, done):
         )
 
 
-def report(records):
-    print("| model | split | images | views (scale:weight) | mIoU | small | medium | large |")
-    print("|---|---|---|---|---|---|---|---|")
+def variant_and_seed(run):
+    """('full', 0) from a paper_tables run folder like 'full-seed0-2000steps-...'."""
+    variant, _, rest = run.partition("-seed")
+    seed = rest.split("-")[0]
+    return variant, int(seed) if seed.isdigit() else None
+
+
+def report(records, baseline=None):
+    """The records as a table; with `baseline`, each variant's mean over seeds and
+    its paired difference from the baseline variant's run of the same seed."""
+    if baseline is None:
+        print("| model | split | images | views (scale:weight) | mIoU | small | medium | large |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in records:
+            print(
+                f"| {r['run']} | {r['split']} | {r['images']} | {r['combo']} | {r['miou']:.3f} | "
+                f"{r['miou_small']:.3f} | {r['miou_medium']:.3f} | {r['miou_large']:.3f} |"
+            )
+        return
+    table = {}
     for r in records:
+        variant, seed = variant_and_seed(r["run"])
+        if seed is not None:
+            table[(variant, r["combo"], r["split"], r["images"])] = table.get(
+                (variant, r["combo"], r["split"], r["images"]), {}
+            ) | {seed: r}
+    print(
+        f"| variant | views | seeds | mIoU | small | medium | large | mIoU - {baseline}, "
+        "per seed | mean | t |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for (variant, combo, split, images), runs in sorted(table.items()):
+        seeds = sorted(runs)
+        means = {
+            key: 100 * np.mean([runs[s][key] for s in seeds])
+            for key in ("miou", "miou_small", "miou_medium", "miou_large")
+        }
+        base = table.get((baseline, combo, split, images), {})
+        paired = [s for s in seeds if s in base]
+        cells = ["-", "-", "-"]
+        if variant != baseline and paired:
+            diffs = np.array([100 * (runs[s]["miou"] - base[s]["miou"]) for s in paired])
+            t = (
+                diffs.mean() / (diffs.std(ddof=1) / np.sqrt(len(diffs)))
+                if len(diffs) > 1 and diffs.std(ddof=1) > 0
+                else float("nan")
+            )
+            cells = [", ".join(f"{d:+.1f}" for d in diffs), f"{diffs.mean():+.2f}", f"{t:.2f}"]
         print(
-            f"| {r['run']} | {r['split']} | {r['images']} | {r['combo']} | {r['miou']:.3f} | "
-            f"{r['miou_small']:.3f} | {r['miou_medium']:.3f} | {r['miou_large']:.3f} |"
+            f"| {variant} | {combo} | {','.join(map(str, seeds))} | {means['miou']:.1f} | "
+            f"{means['miou_small']:.1f} | {means['miou_medium']:.1f} | {means['miou_large']:.1f} | "
+            + " | ".join(cells)
+            + " |"
         )
 
 
@@ -153,11 +200,17 @@ def main(argv=None):
     )
     parser.add_argument("--out", required=True, help="JSONL file of records (appended)")
     parser.add_argument("--report", action="store_true", help="print the records as a table")
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="with --report: a paper_tables variant (e.g. single_scale) that the other "
+        "variants' runs are paired with by seed",
+    )
     args = parser.parse_args(argv)
     if args.images < 1:
         parser.error(f"--images must be a positive integer, got {args.images}")
     if args.report:
-        report(read_records(args.out))
+        report(read_records(args.out), args.baseline)
         return 0
     if not args.models:
         parser.error("name one or more .keras models, or --report")

@@ -2,15 +2,17 @@
 
 Trains the two-scale attention model with the edge backbone (MobileNetV2), scores
 it on the ScaleDigits test split and on the "unseen" split (photographs and
-drawing rules training never used), overall and on small / medium / large digits,
-exports a float32 and a post-training int8 LiteRT model and verifies them
-against Keras, then writes `report.md` with figures: predictions against ground
-truth, the per-scale attention weights and the recalibration maps.
+drawing rules training never used), overall and on small / medium / large
+digits, as the model sees the images and with a second view zoomed 2x; exports a
+float32 and a post-training int8 LiteRT model and verifies them against Keras,
+then writes `report.md` with figures: predictions against ground truth, the
+per-scale attention weights and the recalibration maps.
 
 Output folder (default `./quickstart`):
     model.keras                    the trained inference model (logits)
     training/                      the training run (checkpoints, logs, history)
-    evaluation.json                test scores ("unseen": the unseen split's)
+    evaluation.json                test scores ("unseen": the unseen split's;
+                                   "with_2x_view": both splits with the 2x view)
     model_float32.tflite, model_int8.tflite   + .report.json / .report.md each
     figures/*.png                  predictions, attention, recalibration, curve
     report.md                      everything above in one page
