@@ -92,6 +92,21 @@ def test_cli_predict_writes_masks_of_the_input_size(model, saved_model, images, 
     assert not [name for name in os.listdir(out) if name.startswith(".tmp")]
 
 
+def test_cli_predict_passes_weighted_test_time_scales_on(model, saved_model, images, tmp_path):
+    photo = next(iter(images))
+    argv = ["predict", saved_model, photo, "--out", str(tmp_path / "w"), "--no-attention",
+            "--tta-scales", "1", "2", "--tta-weights", "0", "1"]  # fmt: skip
+    assert main(argv) == 0
+    stem = os.path.splitext(os.path.basename(photo))[0]
+    with Image.open(tmp_path / "w" / f"{stem}_labels.png") as labels_png:
+        labels = np.asarray(labels_png)
+    # Weight 0 on 1x: the labels are those of the 2x view alone.
+    image = prediction.read_image(photo)
+    zoomed = inference.predict_labels(model, image, tta_scales=(2.0,))
+    np.testing.assert_array_equal(labels, zoomed)
+    assert (zoomed != inference.predict_labels(model, image)).any(), "the views must differ"
+
+
 def test_no_attention_flag_and_models_without_attention(model, saved_model, images, tmp_path):
     photo = next(iter(images))
     assert (
