@@ -108,6 +108,8 @@ def test_quickstart_writes_model_exports_figures_and_report(tmp_path, monkeypatc
             expected += np.bincount(label.ravel() * 11 + predicted.ravel(), minlength=121)
         np.testing.assert_array_equal(np.ravel(zoomed[split]["confusion_matrix"]), expected)
         assert summary["with_2x_view"][f"{split}_miou"] == zoomed[split]["miou"]
+    assert summary["with_2x_view"]["tta_scales"] == [1.0, 2.0]
+    assert "`msattn evaluate --tta-scales 1 2 --tta-weights 0.6 0.4`" in report
     row = [scores["miou"], unseen["miou"], zoomed["test"]["miou"], zoomed["unseen"]["miou"]]
     assert "| mIoU | " + " | ".join(f"{value:.3f}" for value in row) + " |" in report
 
