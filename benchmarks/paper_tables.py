@@ -209,6 +209,12 @@ def parse_args(argv=None):
     parser.add_argument("--head-channels", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument(
+        "--crops-per-image",
+        type=int,
+        default=1,
+        help="TrainConfig.crops_per_image: augmented crops from each generated image",
+    )
+    parser.add_argument(
         "--report", action="store_true", help="print the table from --out, train nothing"
     )
     parser.add_argument(
@@ -221,7 +227,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.timing is not None and args.timing < 1:
         parser.error(f"--timing must be >= 1, got {args.timing}")
-    for name in ("steps", "test_images", "batch_size", "head_channels"):
+    for name in ("steps", "test_images", "batch_size", "head_channels", "crops_per_image"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not args.learning_rate > 0:
@@ -254,6 +260,7 @@ def settings(args):
         "hard_pixel_fraction": args.hard_pixel_fraction,
         "learning_rate": args.learning_rate,
         "extra_small_digits": args.extra_small_digits,
+        "crops_per_image": args.crops_per_image,
     }
 
 
@@ -289,6 +296,7 @@ def run_config(args, variant, seed):
         batch_norm_images=args.batch_norm_images,
         hard_pixel_fraction=args.hard_pixel_fraction,
         learning_rate=args.learning_rate,
+        crops_per_image=args.crops_per_image,
     )
     return apply_overrides(quickstart_config(steps=args.steps, seed=seed), overrides)
 
@@ -323,7 +331,7 @@ def append_record(path, record):
 SETTING_DEFAULTS = {
     "output_stride": 16, "variety": "standard", "loss_stride": 1,
     "rotation": 0.0, "shear": 0.0, "batch_norm_images": 0, "hard_pixel_fraction": 1.0,
-    "learning_rate": 3e-3, "extra_small_digits": 0,
+    "learning_rate": 3e-3, "extra_small_digits": 0, "crops_per_image": 1,
 }  # fmt: skip
 
 
@@ -447,7 +455,8 @@ def train_and_evaluate(args, variant, seed):
             else ""
         )
         + (f"-width{args.backbone_width:g}" if args.backbone_width != 0.35 else "")
-        + (f"-heads{args.head_channels}" if args.head_channels != 16 else ""),
+        + (f"-heads{args.head_channels}" if args.head_channels != 16 else "")
+        + (f"-crops{args.crops_per_image}" if args.crops_per_image > 1 else ""),
     )
     wall_start = time.perf_counter()
     first_phase = {}

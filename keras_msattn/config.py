@@ -54,6 +54,10 @@ class TrainConfig:
     # [-value, value]; 0 leaves them out.
     rotation_range: float = 0.0
     shear_range: float = 0.0
+    # Augmented crops taken from each loaded training image (data echoing): above
+    # 1 when making an image costs a good part of a step, as generating a
+    # ScaleDigits image does; the copies are shuffled apart before they are cropped.
+    crops_per_image: int = 1
     val_images: int | None = None  # validate on the first N images; None: all, 0: none
     # Validation images larger than this are shrunk to fit, then all are padded
     # to val_size x val_size: one fixed shape (one trace; PSP needs static shapes).
@@ -210,7 +214,13 @@ def check_config(config):
 
     _check_field_types(config)
     check_loss_stride(config.loss_stride)  # before the model is built: no --out yet
-    for name, minimum in (("steps", 1), ("steps_per_epoch", 1), ("batch_size", 1), ("seed", 0)):
+    for name, minimum in (
+        ("steps", 1),
+        ("steps_per_epoch", 1),
+        ("batch_size", 1),
+        ("seed", 0),
+        ("crops_per_image", 1),
+    ):
         if not _is_int(getattr(config, name), minimum):
             raise ValueError(
                 f"`{name}` must be an integer >= {minimum}, got {getattr(config, name)!r}."

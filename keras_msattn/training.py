@@ -137,6 +137,7 @@ def train_dataset(config, seed):
         flip=config.flip,
         rotation=config.rotation_range,
         shear=config.shear_range,
+        crops_per_image=config.crops_per_image,
     )
     return _shard_by_data(_with_label_dict(dataset, output_names(config.scales)))
 

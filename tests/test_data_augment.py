@@ -166,6 +166,36 @@ def test_bad_arguments():
         train_pipeline(ds, crop_size=10, batch_size=2, rotation=200.0)
     with pytest.raises(ValueError, match="shear"):
         train_pipeline(ds, crop_size=10, batch_size=2, shear=1.0)
+    with pytest.raises(ValueError, match="crops_per_image"):
+        train_pipeline(ds, crop_size=10, batch_size=2, crops_per_image=0)
+
+
+def test_crops_per_image_crops_each_image_that_many_times_differently():
+    # Image i is filled with value 10 * i and labelled i everywhere: a crop says which
+    # image it came from, and its scale and position make the copies differ.
+    pairs = [
+        (np.full((40, 40, 3), 10 * i, np.uint8), np.full((40, 40), i, np.int32)) for i in range(4)
+    ]
+    for i in range(4):  # a gradient tells crops of one image apart
+        pairs[i][0][..., 1] = np.arange(40, dtype=np.uint8)[None, :]
+    ds = train_pipeline(
+        _dataset(pairs),
+        crop_size=16,
+        batch_size=1,
+        scale_range=(0.5, 1.5),
+        seed=3,
+        repeat=False,
+        flip=False,
+        crops_per_image=3,
+    )
+    crops = [(int(label.numpy().max()), image.numpy()[0]) for image, label in ds]
+    sources = [source for source, _ in crops]
+    assert sorted(sources) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    # The shuffle buffer spreads the copies: not every image's three in a row.
+    assert sources != sorted(sources)
+    for source in range(4):
+        copies = [image for s, image in crops if s == source]
+        assert not np.array_equal(copies[0], copies[1]) or not np.array_equal(copies[1], copies[2])
 
 
 def test_shear_moves_rows_by_their_distance_from_the_centre():

@@ -192,6 +192,7 @@ def test_nan_loss_stops_with_the_step_and_a_nonzero_exit(tmp_path, capsys):
         (["--set", "model.loss_stride=4"], "`model.loss_stride` is set by training itself"),
         (["--set", "rotation_range=270"], "`rotation_range` must be in [0, 180] degrees, got 270"),
         (["--set", "shear_range=-0.1"], "`shear_range` must be in [0, 1), got -0.1"),
+        (["--set", "crops_per_image=0"], "`crops_per_image` must be an integer >= 1, got 0"),
         (["--set", "batch_norm_images=4", "batch_size=8"], "`batch_norm_images` 4 needs"),
         (["--set", "hard_pixel_fraction=0"], "`hard_pixel_fraction` must be a number in"),
     ],

@@ -193,6 +193,7 @@ def train_pipeline(
     flip=True,
     rotation=0.0,
     shear=0.0,
+    crops_per_image=1,
 ):
     """Shuffle, repeat, augment, batch and prefetch a dataset of (image, label).
 
@@ -213,6 +214,9 @@ def train_pipeline(
         flip: random horizontal flips.
         rotation: random rotation of each crop, uniform in [-rotation, rotation] degrees.
         shear: random horizontal shear of each crop, uniform in [-shear, shear].
+        crops_per_image: augmented crops taken from each image of `ds` (data
+            echoing); the copies are spread apart by the shuffle buffer, each gets
+            its own random scale, crop, flip, rotation and shear.
 
     Returns:
         tf.data.Dataset of (float32 images (B, crop_h, crop_w, 3) in 0..255,
@@ -229,7 +233,18 @@ def train_pipeline(
         raise ValueError(f"rotation must be in [0, 180] degrees, got {rotation}")
     if not 0 <= shear < 1:
         raise ValueError(f"shear must be in [0, 1), got {shear}")
+    if not isinstance(crops_per_image, int) or crops_per_image < 1:
+        raise ValueError(f"crops_per_image must be an integer >= 1, got {crops_per_image!r}")
     mean = tuple(float(m) for m in mean)
+    if crops_per_image > 1:
+        # Each image is made once and cropped several times: where making an image
+        # costs a good part of a step (ScaleDigits generates each one), this buys
+        # steps. The shuffle below spreads the copies over different batches.
+        ds = ds.flat_map(
+            lambda image, label: tf.data.Dataset.from_tensors((image, label)).repeat(
+                crops_per_image
+            )
+        )
     if shuffle_buffer:
         ds = ds.shuffle(shuffle_buffer, seed=seed)
     if repeat:
