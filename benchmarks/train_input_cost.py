@@ -13,9 +13,15 @@ in `--rounds` rounds of `--steps` steps (the order rotates each round).
     python benchmarks/train_input_cost.py                  # ~5 min on 2 cores
     python benchmarks/train_input_cost.py --strides 8 --rounds 4 --steps 20
     python benchmarks/train_input_cost.py --strides 16 --loss-strides 1 4
+    python benchmarks/train_input_cost.py --strides 16 --loss-strides 4 --crops-per-image 1 2 4
+
+`--crops-per-image` adds runs whose pipeline crops each generated image that
+many times (`TrainConfig.crops_per_image`), so it generates that many times
+fewer images per step.
 """
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -31,6 +37,10 @@ def parse_args(argv=None):
         "--loss-strides", type=int, nargs="+", default=[1], choices=(1, 2, 4, 8),
         help="grids of the 1 + S losses (TrainConfig.loss_stride)",
     )  # fmt: skip
+    parser.add_argument(
+        "--crops-per-image", type=int, nargs="+", default=[1],
+        help="TrainConfig.crops_per_image values of the generated-image runs",
+    )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per run per round")
     parser.add_argument("--warmup", type=int, default=5)
@@ -39,6 +49,8 @@ def parse_args(argv=None):
     for name in ("rounds", "steps", "cached"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if min(args.crops_per_image) < 1:
+        parser.error(f"--crops-per-image must be >= 1, got {args.crops_per_image}")
     return args
 
 
@@ -73,7 +85,13 @@ def main(argv=None):
             name = f"stride {stride}" + (
                 f" losses at {loss_stride}" if args.loss_strides != [1] else ""
             )
-            runs[f"{name}, images generated"] = (model, iter(real))
+            for crops in args.crops_per_image:
+                echoed = dataclasses.replace(config, crops_per_image=crops)
+                label = "" if crops == 1 else f", {crops} crops each"
+                runs[f"{name}, images generated{label}"] = (
+                    model,
+                    iter(training.train_dataset(echoed, seed=0)),
+                )
             runs[f"{name}, {args.cached} batches in memory"] = (model, iter(cached))
     steps = {
         name: (lambda model=model, batches=batches: model.train_on_batch(*next(batches)))

@@ -92,24 +92,25 @@ def test_quickstart_writes_model_exports_figures_and_report(tmp_path, monkeypatc
     expected = np.bincount(labels.ravel() * 11 + predictions.ravel(), minlength=121)
     np.testing.assert_array_equal(np.asarray(unseen["confusion_matrix"]).ravel(), expected)
     assert summary["unseen_miou"] == unseen["miou"]
-    # Both splits again with the 2x view: the saved model's labels from
+    # Both splits again with the 2.5x view: the saved model's labels from
     # `predict_labels` with the quickstart's zoom, image by image.
     from keras_msattn.inference import predict_labels
 
-    zoomed = scores["with_2x_view"]
+    zoomed = scores["with_zoomed_view"]
     model = load_segmenter(str(out / "model.keras"))
     for split in ("test", "unseen"):
-        assert zoomed[split]["tta_scales"] == [1.0, 2.0]
+        assert zoomed[split]["tta_scales"] == [1.0, 2.5]
         assert zoomed[split]["tta_weights"] == pytest.approx([0.6, 0.4])
         expected = np.zeros(121, np.int64)
         for i in range(6):
             image, label = scale_digits.generate(split, i, image_seed=0)[:2]
-            predicted = predict_labels(model, image, tta_scales=(1.0, 2.0), tta_weights=(3, 2))
+            predicted = predict_labels(model, image, tta_scales=(1.0, 2.5), tta_weights=(3, 2))
             expected += np.bincount(label.ravel() * 11 + predicted.ravel(), minlength=121)
         np.testing.assert_array_equal(np.ravel(zoomed[split]["confusion_matrix"]), expected)
-        assert summary["with_2x_view"][f"{split}_miou"] == zoomed[split]["miou"]
-    assert summary["with_2x_view"]["tta_scales"] == [1.0, 2.0]
-    assert "`msattn evaluate --tta-scales 1 2 --tta-weights 0.6 0.4`" in report
+        assert summary["with_zoomed_view"][f"{split}_miou"] == zoomed[split]["miou"]
+    assert summary["with_zoomed_view"]["tta_scales"] == [1.0, 2.5]
+    assert "`msattn evaluate --tta-scales 1 2.5 --tta-weights 0.6 0.4`" in report
+    assert "| metric | test | unseen | test, with a 2.5x view |" in report
     row = [scores["miou"], unseen["miou"], zoomed["test"]["miou"], zoomed["unseen"]["miou"]]
     assert "| mIoU | " + " | ".join(f"{value:.3f}" for value in row) + " |" in report
 
