@@ -12,6 +12,9 @@ appended to --out; lines already there are skipped, so a killed run resumes.
         --combos 1:1 2:1 3:1 1:0.6,2:0.4 1:0.6,2:0.2,3:0.2 --out benchmarks/results/test_time_zoom.jsonl
     python benchmarks/test_time_zoom.py --report --out benchmarks/results/test_time_zoom.jsonl
     python benchmarks/test_time_zoom.py --report --baseline single_scale --out ...   # paired by seed
+
+`--image-seed` draws the split's images with another data seed (as
+`msattn quickstart --seed N` scores its model on `image_seed=N`).
 """
 
 import argparse
@@ -83,7 +86,7 @@ def score(args, model_path, combos, done):
     model = load_segmenter(model_path)
     examples = list(
         scale_digits.load(
-            args.split, num_images=args.images, with_size_map=True
+            args.split, num_images=args.images, with_size_map=True, image_seed=args.image_seed
         ).as_numpy_iterator()
     )
     images, labels, sizes = (np.stack(part) for part in zip(*examples, strict=True))
@@ -113,6 +116,7 @@ def score(args, model_path, combos, done):
             "run": model_label(model_path),
             "split": args.split,
             "images": len(images),
+            "image_seed": args.image_seed,
             "combo": combo_name(pairs),
             "miou": mean_iou(confusion),
             **{
@@ -137,6 +141,12 @@ def variant_and_seed(run):
     return variant, int(seed) if seed.isdigit() else None
 
 
+def split_seed(record):
+    """' (image seed 1)' for a record of another data seed than 0, else ''."""
+    seed = record.get("image_seed", 0)
+    return f" (image seed {seed})" if seed else ""
+
+
 def report(records, baseline=None):
     """The records as a table; with `baseline`, each variant's mean over seeds and
     its paired difference from the baseline variant's run of the same seed."""
@@ -145,7 +155,8 @@ def report(records, baseline=None):
         print("|---|---|---|---|---|---|---|---|")
         for r in records:
             print(
-                f"| {r['run']} | {r['split']} | {r['images']} | {r['combo']} | {r['miou']:.3f} | "
+                f"| {r['run']} | {r['split']}{split_seed(r)} | {r['images']} | {r['combo']} | "
+                f"{r['miou']:.3f} | "
                 f"{r['miou_small']:.3f} | {r['miou_medium']:.3f} | {r['miou_large']:.3f} |"
             )
         return
@@ -153,9 +164,8 @@ def report(records, baseline=None):
     for r in records:
         variant, seed = variant_and_seed(r["run"])
         if seed is not None:
-            table[(variant, r["combo"], r["split"], r["images"])] = table.get(
-                (variant, r["combo"], r["split"], r["images"]), {}
-            ) | {seed: r}
+            key = (variant, r["combo"], r["split"] + split_seed(r), r["images"])
+            table[key] = table.get(key, {}) | {seed: r}
     print(
         f"| variant | views | seeds | mIoU | small | medium | large | mIoU - {baseline}, "
         "per seed | mean | t |"
@@ -192,6 +202,9 @@ def main(argv=None):
     parser.add_argument("--split", default="val", help="ScaleDigits split (default val)")
     parser.add_argument("--images", type=int, default=300, help="first N images of the split")
     parser.add_argument(
+        "--image-seed", type=int, default=0, help="ScaleDigits data seed of the images (default 0)"
+    )
+    parser.add_argument(
         "--combos",
         type=parse_combo,
         nargs="+",
@@ -220,7 +233,9 @@ def main(argv=None):
     done = {
         (r["model"], r["combo"])
         for r in read_records(args.out)
-        if r["split"] == args.split and r["images"] == args.images
+        if r["split"] == args.split
+        and r["images"] == args.images
+        and r.get("image_seed", 0) == args.image_seed
     }
     for path in args.models:
         score(args, path, args.combos, done)

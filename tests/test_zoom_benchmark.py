@@ -48,6 +48,14 @@ def test_records_are_evaluate_s_scores_and_a_rerun_skips_them(tmp_path, capsys):
     # A rerun scores only the combination not yet recorded.
     assert zoom.main([*argv, "--combos", "1:1", "1:0.6,2:0.4", "2:1"]) == 0
     assert [r["combo"] for r in records(out)] == ["1:1", "1:0.6,2:0.4", "2:1"]
+    # Another data seed is another set of images: scored anew, on those images.
+    assert zoom.main([*argv, "--combos", "1:1", "--image-seed", "1"]) == 0
+    last = records(out)[-1]
+    assert (last["combo"], last["image_seed"]) == ("1:1", 1)
+    data = scale_digits.load("val", num_images=2, with_size_map=True, image_seed=1)
+    expected = evaluate(model, data, 11, extra_scores=scale_digits.SizeBucketScores(), verbose=0)
+    assert last["miou"] == pytest.approx(expected["miou"], abs=1e-9)
+    assert records(out)[0]["miou"] != last["miou"]
 
 
 @pytest.mark.parametrize("text", ["1", "1:x", "1:-1", "0:1", "1:0,2:0"])
