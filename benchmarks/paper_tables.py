@@ -182,6 +182,13 @@ def parse_args(argv=None):
         "small digits per image (the test splits never change)",
     )
     parser.add_argument(
+        "--max-slant",
+        type=float,
+        default=0.0,
+        help="ScaleDigits' max_slant for the training images: each digit slanted by a "
+        "shear in [-m, m] (the test splits never change)",
+    )
+    parser.add_argument(
         "--rotation", type=float, default=0.0, help="TrainConfig.rotation_range (degrees)"
     )
     parser.add_argument("--shear", type=float, default=0.0, help="TrainConfig.shear_range")
@@ -261,6 +268,7 @@ def settings(args):
         "learning_rate": args.learning_rate,
         "extra_small_digits": args.extra_small_digits,
         "crops_per_image": args.crops_per_image,
+        "max_slant": args.max_slant,
     }
 
 
@@ -282,6 +290,7 @@ def run_config(args, variant, seed):
             "image_seed": seed,
             "variety": args.variety,
             "extra_small_digits": args.extra_small_digits,
+            "max_slant": args.max_slant,
         },
         crop_size=args.crop_size,
         loss_stride=args.loss_stride,
@@ -332,6 +341,7 @@ SETTING_DEFAULTS = {
     "output_stride": 16, "variety": "standard", "loss_stride": 1,
     "rotation": 0.0, "shear": 0.0, "batch_norm_images": 0, "hard_pixel_fraction": 1.0,
     "learning_rate": 3e-3, "extra_small_digits": 0, "crops_per_image": 1,
+    "max_slant": 0.0,
 }  # fmt: skip
 
 
@@ -449,6 +459,7 @@ def train_and_evaluate(args, variant, seed):
         + (f"-bn{args.batch_norm_images}" if args.batch_norm_images else "")
         + (f"-hard{args.hard_pixel_fraction:g}" if args.hard_pixel_fraction < 1 else "")
         + (f"-small{args.extra_small_digits}" if args.extra_small_digits else "")
+        + (f"-slant{args.max_slant:g}" if args.max_slant else "")
         + (
             f"-lr{args.learning_rate:g}"
             if args.learning_rate != SETTING_DEFAULTS["learning_rate"]

@@ -99,6 +99,18 @@ def test_extra_small_digits_reach_the_training_images_only_and_key_the_resume():
     assert paper_tables.matching([old], more) == []
 
 
+def test_max_slant_reaches_the_training_images_only_and_keys_the_resume():
+    paper_tables = load_benchmark("paper_tables")
+    default = paper_tables.parse_args([])
+    slanted = paper_tables.parse_args(["--max-slant", "0.2"])
+    assert paper_tables.run_config(slanted, "full", 0).dataset_options["max_slant"] == 0.2
+    assert paper_tables.run_config(default, "full", 0).dataset_options["max_slant"] == 0.0
+    old = {k: v for k, v in paper_tables.settings(default).items() if k != "max_slant"}
+    old.update(variant="full", seed=0)
+    assert paper_tables.matching([old], default) == [old]
+    assert paper_tables.matching([old], slanted) == []
+
+
 def test_paired_settings_pairs_seeds_and_matches_every_setting(tmp_path, capsys):
     paired_settings = load_benchmark("paired_settings")
     # The resume key's settings as paper_tables writes them, less the two that

@@ -502,3 +502,57 @@ def test_load_passes_extra_small_digits_on():
         expected = sd.generate("train", index, extra_small_digits=5)
         assert np.array_equal(image, expected[0]) and np.array_equal(label, expected[1])
         assert np.array_equal(size_map, expected[2])
+
+
+def _ink_slope(label, digit):
+    """Least-squares slope of column over row of a pasted digit's visible ink."""
+    top, left = max(digit["top"], 0), max(digit["left"], 0)
+    box = label[top : digit["top"] + digit["height"], left : digit["left"] + digit["width"]]
+    rows, cols = np.nonzero(box == digit["digit"] + 1)
+    return np.polyfit(rows, cols, 1)[0]
+
+
+def test_max_slant_slants_each_digit_within_its_range_and_leaves_the_draws_alone():
+    slants, checked = [], 0
+    for index in range(12):
+        upright = sd.generate("train", index)
+        slanted = sd.generate("train", index, max_slant=0.2)
+        again = sd.generate("train", index, max_slant=0.2)
+        for a, b in zip(slanted, again, strict=True):  # deterministic
+            assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
+        assert all(d["slant"] == 0.0 for d in upright[3])
+        # Its own stream: as many digits at the same heights; which digit follows a
+        # slanted (wider) one can differ, as placement and texture draws depend on width.
+        assert slanted[3][0]["sample_index"] == upright[3][0]["sample_index"]
+        for before, after in zip(upright[3], slanted[3], strict=True):
+            assert abs(before["height"] - after["height"]) <= 1
+            slants.append(after["slant"])
+            # A shear s moves each row of ink by -s px per px down (italic for s > 0):
+            # the slope of the ink's columns over its rows changes by -s.
+            if after["height"] >= 24 and after["sample_index"] == before["sample_index"]:
+                change = _ink_slope(slanted[1], after) - _ink_slope(upright[1], before)
+                assert change == pytest.approx(-after["slant"], abs=0.02), (before, after)
+                checked += 1
+        assert np.array_equal(slanted[1] > 0, slanted[2] > 0)
+    slants = np.array(slants)
+    assert (np.abs(slants) <= 0.2).all() and (slants > 0.05).any() and (slants < -0.05).any()
+    assert checked >= 10
+
+
+def test_max_slant_stays_off_the_unseen_split_whose_slants_are_its_own():
+    slants = [d["slant"] for i in range(8) for d in sd.generate("unseen", i)[3]]
+    assert all(0.25 <= abs(s) <= 0.5 for s in slants), slants
+    for bad in (-0.1, 1.0, True, "0.2", None):
+        with pytest.raises(ValueError, match=r"max_slant must be a number in \[0, 1\)"):
+            sd.load("train", max_slant=bad)
+    with pytest.raises(ValueError, match="'unseen' split has fixed rules"):
+        sd.generate("unseen", 0, max_slant=0.1)
+
+
+def test_load_passes_max_slant_on():
+    dataset = sd.load("val", num_images=3, with_size_map=True, max_slant=0.2, variety="broad")
+    for index, (image, label, size_map) in enumerate(dataset.as_numpy_iterator()):
+        expected = sd.generate("val", index, max_slant=0.2, variety="broad")
+        assert np.array_equal(image, expected[0]) and np.array_equal(label, expected[1])
+        assert np.array_equal(size_map, expected[2])
+        assert any(d["slant"] != 0.0 for d in expected[3])

@@ -59,6 +59,11 @@ ones 9.6%. ``extra_small_digits=N`` (train / val / test) pastes 0 to N more
 small digits after the others, from a random stream of their own, so the rest
 of the image stays as it is without them.
 
+Slanted digits. ``max_slant=m`` (train / val / test) slants each digit by a
+shear drawn from [-m, m] (a stream of its own keeps the background, digit
+count and heights of m = 0). The unseen split's slants are 0.25-0.5, so m
+below 0.25 keeps them a rule training never shows.
+
 Size buckets (`size_bucket`, by the height in px of the digit's mask):
 ``"small"`` below ``image_size / 6`` (32 px at 192), ``"large"`` above
 ``image_size / 2`` (96 px at 192), ``"medium"`` in between (inclusive). The
@@ -143,6 +148,7 @@ MAX_EXTRA_SMALL_DIGITS = 20  # `extra_small_digits`
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "unseen": 3}
 _STREAM = 0x5CA1ED  # keeps these random streams apart from other uses of the seed
 _EXTRA_SMALL_STREAM = 1  # the extra small digits' own stream, after the image's
+_SLANT_STREAM = 2  # `max_slant`'s own stream, so the rest of the draws stay as they are
 _GLYPH_SIZE = 80  # canonical resolution of a smoothed glyph, px
 _GLYPH_SIGMA = 2.0
 _GLYPH_THRESHOLDS = (0.65, 0.6, 0.55, 0.5, 0.45, 0.4)
@@ -451,13 +457,15 @@ def _rules(split, variety):
     return _RULES[variety]
 
 
-def _render(rng, rendering, sample_index, height):
+def _render(rng, rendering, sample_index, height, slant=0.0):
+    """The digit's mask and its slant (shear); `slant` applies to "smooth" and
+    "varied", while "slanted" draws its own from `rng`."""
     if rendering == "smooth":
-        return _digit_mask(sample_index, height)
+        return _digit_mask(sample_index, height, slant=slant), slant
     if rendering == "varied":
         width_factor = float(np.exp(rng.uniform(np.log(0.75), np.log(1.33))))
         stroke = int(rng.integers(3))  # as drawn, 1 px bolder, or 1 px thinner
-        mask = _digit_mask(sample_index, height, width_factor=width_factor)
+        mask = _digit_mask(sample_index, height, width_factor=width_factor, slant=slant)
         if stroke == 1 and height >= 24:
             mask = _pad_dilate(mask)
         elif stroke == 2 and height >= 48:
@@ -465,9 +473,9 @@ def _render(rng, rendering, sample_index, height):
 
             thinner = binary_erosion(mask)
             mask = _crop_to_ink(thinner) if thinner.any() else mask
-        return mask
+        return mask, slant
     slant = float(rng.uniform(0.25, 0.5) * rng.choice((-1.0, 1.0)))
-    return _digit_mask(sample_index, height, slant=slant)
+    return _digit_mask(sample_index, height, slant=slant), slant
 
 
 def _pad_dilate(mask):
@@ -590,15 +598,16 @@ def _photometric(rng, rule, image):
     return 255.0 * (np.clip(image, 0.0, 255.0) / 255.0) ** gamma
 
 
-def _paste_digit(rng, rules, canvas, height, samples, background_id, digits):
-    """Draws one digit `height` px tall, pastes it into `canvas` (image, label,
-    size map; a later digit overwrites earlier ones) and appends its record."""
+def _paste_digit(rng, rules, canvas, height, samples, background_id, digits, slant=0.0):
+    """Draws one digit `height` px tall (slanted by `slant` where the rendering
+    takes it), pastes it into `canvas` (image, label, size map; a later digit
+    overwrites earlier ones) and appends its record."""
     image, label, size_map = canvas
     image_size = label.shape[0]
     photos = rules.photos
     _, targets = _digits()
     sample_index = int(samples[rng.integers(len(samples))])
-    mask = _render(rng, rules.rendering, sample_index, height)
+    mask, slant = _render(rng, rules.rendering, sample_index, height, slant)
     h, w = mask.shape
     # The least occupied of a few positions, so small digits are rarely hidden.
     top, left = _place(rng, rules.placement, label, mask, image_size, digits)
@@ -630,6 +639,7 @@ def _paste_digit(rng, rules, canvas, height, samples, background_id, digits):
             "height": h,
             "width": w,
             "bucket": bucket,
+            "slant": slant,
             "top": top,
             "left": left,
             "fill": fill_rule,
@@ -656,6 +666,20 @@ def _check_extra_small_digits(split, extra_small_digits):
         )
 
 
+def _check_max_slant(split, max_slant):
+    if (
+        isinstance(max_slant, bool)
+        or not isinstance(max_slant, (int, float, np.integer, np.floating))
+        or not 0 <= max_slant < 1
+    ):
+        raise ValueError(f"max_slant must be a number in [0, 1), got {max_slant!r}")
+    if max_slant and split == "unseen":
+        raise ValueError(
+            "the 'unseen' split has fixed rules of its own; `max_slant` applies to "
+            "train / val / test only"
+        )
+
+
 def generate(
     split,
     index,
@@ -664,6 +688,7 @@ def generate(
     image_size=DEFAULT_IMAGE_SIZE,
     variety="standard",
     extra_small_digits=0,
+    max_slant=0.0,
 ):
     """One ScaleDigits example, as numpy arrays.
 
@@ -684,18 +709,26 @@ def generate(
             own, so the rest of the image is what it is with 0, except where an
             extra digit covers it (and, in the broad variety, through the
             contrast jitter, which centres on the image's mean).
+        max_slant: slants each digit by a shear (px of sideways shift per px of
+            height) drawn uniformly from [-max_slant, max_slant], for train / val
+            / test; default 0, upright. The unseen split slants by 0.25-0.5, so a
+            value below 0.25 keeps its slants outside training. The slants draw
+            from a stream of their own, so the background, the number of digits
+            and their heights are those of 0; a slanted digit is wider, so the
+            draws after it (its place, its fill, the next digit) can differ.
 
     Returns:
         ``(image, label, size_map, digits)``: uint8 (S, S, 3), int32 (S, S) with
         values 0..10, uint8 (S, S) with values 0..3, and one dict per pasted digit
         in paste order with keys ``sample_index``, ``digit``, ``height``,
-        ``width``, ``bucket`` (1..3), ``top``, ``left`` (negative when cut by
-        the border), ``fill``, ``color`` and ``background_color`` (mean RGB of
-        the image under its box before pasting).
+        ``width``, ``bucket`` (1..3), ``slant``, ``top``, ``left`` (negative
+        when cut by the border), ``fill``, ``color`` and ``background_color``
+        (mean RGB of the image under its box before pasting).
     """
     _check_split(split)
     _check_args(image_seed, image_size)
     _check_extra_small_digits(split, extra_small_digits)
+    _check_max_slant(split, max_slant)
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
         raise ValueError(f"index must be a non-negative integer, got {index!r}")
     rules = _rules(split, variety)
@@ -709,16 +742,21 @@ def generate(
     size_map = np.zeros((image_size, image_size), np.uint8)
     canvas = (image, label, size_map)
 
+    slant_rng = np.random.default_rng([*stream, _SLANT_STREAM])
+
+    def slant():
+        return float(slant_rng.uniform(-max_slant, max_slant)) if max_slant else 0.0
+
     count = int(rng.integers(MIN_DIGITS, MAX_DIGITS + 1))
     digits = []
     for height in _draw_heights(rng, count, image_size):
-        _paste_digit(rng, rules, canvas, height, samples, background_id, digits)
+        _paste_digit(rng, rules, canvas, height, samples, background_id, digits, slant())
     if extra_small_digits:
         extra_rng = np.random.default_rng([*stream, _EXTRA_SMALL_STREAM])
         small = height_range(image_size)[0], size_thresholds(image_size)[0]
         for _ in range(int(extra_rng.integers(extra_small_digits + 1))):
             height = _log_uniform(extra_rng, *small)
-            _paste_digit(extra_rng, rules, canvas, height, samples, background_id, digits)
+            _paste_digit(extra_rng, rules, canvas, height, samples, background_id, digits, slant())
     image = _photometric(rng, rules.photometric, image)
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     return image, label, size_map, digits
@@ -741,6 +779,7 @@ def load(
     with_size_map=False,
     variety="standard",
     extra_small_digits=0,
+    max_slant=0.0,
 ):
     """ScaleDigits `split` as an unbatched, lazily generated ``tf.data.Dataset``.
 
@@ -763,6 +802,8 @@ def load(
         variety: "standard" or "broad" (`generate`); train / val / test only.
         extra_small_digits: up to this many more small digits per image
             (`generate`); train / val / test only. Default 0.
+        max_slant: each digit slanted by a shear in [-max_slant, max_slant]
+            (`generate`); train / val / test only. Default 0.
 
     Returns:
         A dataset of ``(image uint8 (S, S, 3), label int32 (S, S))``, or of
@@ -777,6 +818,7 @@ def load(
     # Bad options fail here, not in a tf.data worker.
     _rules(split, variety)
     _check_extra_small_digits(split, extra_small_digits)
+    _check_max_slant(split, max_slant)
     if num_images is None:
         num_images = DEFAULT_NUM_IMAGES[split]
     if (
@@ -790,7 +832,7 @@ def load(
     def make(index):
         image, label, size_map, _ = generate(
             split, int(index), image_seed=image_seed, image_size=image_size,
-            variety=variety, extra_small_digits=extra_small_digits,
+            variety=variety, extra_small_digits=extra_small_digits, max_slant=max_slant,
         )  # fmt: skip
         return (image, label, size_map) if with_size_map else (image, label)
 
