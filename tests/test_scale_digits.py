@@ -556,3 +556,22 @@ def test_load_passes_max_slant_on():
         assert np.array_equal(image, expected[0]) and np.array_equal(label, expected[1])
         assert np.array_equal(size_map, expected[2])
         assert any(d["slant"] != 0.0 for d in expected[3])
+
+
+@pytest.mark.parametrize("rendering, slant", [("smooth", 0.45), ("varied", 0.2)])
+def test_a_digit_too_wide_for_the_image_is_drawn_narrower_and_keeps_its_slant(rendering, slant):
+    # The widest training glyphs at the tallest height, slanted (and, "varied",
+    # up to 1.33x wider): some would not fit a 192-px image, and could not be placed.
+    height, size = int(sd.MAX_HEIGHT_FRACTION * 192), 192
+    too_wide = 0
+    for sample_index in sd.split_sample_indices("train"):
+        rng, again = np.random.default_rng(sample_index), np.random.default_rng(sample_index)
+        free, _ = sd._render(rng, rendering, int(sample_index), height, slant)
+        mask, kept = sd._render(again, rendering, int(sample_index), height, slant, size)
+        assert kept == slant and mask.shape[1] <= size
+        if free.shape[1] > size:
+            too_wide += 1
+            assert mask.shape[0] >= height - 2  # as tall, only narrower
+        else:
+            assert np.array_equal(mask, free)  # a digit that fits is drawn as before
+    assert too_wide >= 3

@@ -457,25 +457,35 @@ def _rules(split, variety):
     return _RULES[variety]
 
 
-def _render(rng, rendering, sample_index, height, slant=0.0):
+def _render(rng, rendering, sample_index, height, slant=0.0, max_width=None):
     """The digit's mask and its slant (shear); `slant` applies to "smooth" and
-    "varied", while "slanted" draws its own from `rng`."""
-    if rendering == "smooth":
-        return _digit_mask(sample_index, height, slant=slant), slant
+    "varied", while "slanted" draws its own from `rng`. A mask wider than
+    `max_width` (a wide glyph widened or slanted) is drawn narrower until it fits."""
+    width_factor, stroke = 1.0, 0
     if rendering == "varied":
         width_factor = float(np.exp(rng.uniform(np.log(0.75), np.log(1.33))))
         stroke = int(rng.integers(3))  # as drawn, 1 px bolder, or 1 px thinner
-        mask = _digit_mask(sample_index, height, width_factor=width_factor, slant=slant)
-        if stroke == 1 and height >= 24:
-            mask = _pad_dilate(mask)
-        elif stroke == 2 and height >= 48:
-            from scipy.ndimage import binary_erosion
+    elif rendering == "slanted":
+        slant = float(rng.uniform(0.25, 0.5) * rng.choice((-1.0, 1.0)))
+    mask = _stroked(_digit_mask(sample_index, height, width_factor, slant), stroke, height)
+    for _ in range(8):
+        if max_width is None or mask.shape[1] <= max_width:
+            return mask, slant
+        width_factor *= 0.95 * max_width / mask.shape[1]
+        mask = _stroked(_digit_mask(sample_index, height, width_factor, slant), stroke, height)
+    return _digit_mask(sample_index, height, 0.9 * width_factor * max_width / mask.shape[1]), 0.0
 
-            thinner = binary_erosion(mask)
-            mask = _crop_to_ink(thinner) if thinner.any() else mask
-        return mask, slant
-    slant = float(rng.uniform(0.25, 0.5) * rng.choice((-1.0, 1.0)))
-    return _digit_mask(sample_index, height, slant=slant), slant
+
+def _stroked(mask, stroke, height):
+    """The mask as drawn (0), 1 px bolder (1) or 1 px thinner (2), where it is large enough."""
+    if stroke == 1 and height >= 24:
+        return _pad_dilate(mask)
+    if stroke == 2 and height >= 48:
+        from scipy.ndimage import binary_erosion
+
+        thinner = binary_erosion(mask)
+        return _crop_to_ink(thinner) if thinner.any() else mask
+    return mask
 
 
 def _pad_dilate(mask):
@@ -607,7 +617,7 @@ def _paste_digit(rng, rules, canvas, height, samples, background_id, digits, sla
     photos = rules.photos
     _, targets = _digits()
     sample_index = int(samples[rng.integers(len(samples))])
-    mask, slant = _render(rng, rules.rendering, sample_index, height, slant)
+    mask, slant = _render(rng, rules.rendering, sample_index, height, slant, image_size)
     h, w = mask.shape
     # The least occupied of a few positions, so small digits are rarely hidden.
     top, left = _place(rng, rules.placement, label, mask, image_size, digits)
