@@ -22,6 +22,7 @@ skipped.
 import argparse
 import dataclasses
 import os
+import re
 import sys
 import time
 
@@ -88,8 +89,10 @@ def report(path):
     records = read_records(path)
 
     def group(record):
-        # The folder of the runs (one configuration), and the batch-norm setting.
-        return os.path.dirname(os.path.dirname(record["model"])), record["reestimate"]
+        # The run's folder with its seed left out (one configuration), and the
+        # batch-norm setting.
+        run_dir = os.path.dirname(record["model"])
+        return re.sub(r"seed\d+", "seed*", run_dir), record["reestimate"]
 
     for folder, count in sorted({group(r) for r in records}):
         chosen = [r for r in records if group(r) == (folder, count)]
