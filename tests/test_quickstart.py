@@ -24,6 +24,8 @@ def test_quickstart_config_is_the_two_scale_attention_edge_model():
     # x0.5 with an added recalibration bias: the sigmoid gate can close on a class
     # for good (docs/results.md, "Backbone width").
     assert model["backbone_width"] == 0.5 and model["recalibration"] == "add"
+    # Slanted training digits, but none as slanted as the unseen split's (0.25-0.5).
+    assert config.dataset_options == {"max_slant": 0.2}
 
 
 def test_quickstart_writes_model_exports_figures_and_report(tmp_path, monkeypatch):
