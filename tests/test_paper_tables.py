@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from benchmark_scripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,29 +87,23 @@ def test_the_learning_rate_is_trained_with_and_part_of_the_resume_key():
     assert paper_tables.matching([old], lower) == []
 
 
-def test_extra_small_digits_reach_the_training_images_only_and_key_the_resume():
+@pytest.mark.parametrize(
+    "flag, option, value, default",
+    [("--extra-small-digits", "extra_small_digits", 8, 0), ("--max-slant", "max_slant", 0.2, 0.0)],
+)
+def test_training_image_options_reach_the_training_images_only_and_key_the_resume(
+    flag, option, value, default
+):
     paper_tables = load_benchmark("paper_tables")
-    default = paper_tables.parse_args([])
-    more = paper_tables.parse_args(["--extra-small-digits", "8"])
-    assert paper_tables.run_config(more, "full", 0).dataset_options["extra_small_digits"] == 8
-    assert paper_tables.run_config(default, "full", 0).dataset_options["extra_small_digits"] == 0
-    # Records from before the setting existed had none.
-    old = {k: v for k, v in paper_tables.settings(default).items() if k != "extra_small_digits"}
+    plain = paper_tables.parse_args([])
+    changed = paper_tables.parse_args([flag, str(value)])
+    assert paper_tables.run_config(changed, "full", 0).dataset_options[option] == value
+    assert paper_tables.run_config(plain, "full", 0).dataset_options[option] == default
+    # Records from before the setting existed had the default.
+    old = {k: v for k, v in paper_tables.settings(plain).items() if k != option}
     old.update(variant="full", seed=0)
-    assert paper_tables.matching([old], default) == [old]
-    assert paper_tables.matching([old], more) == []
-
-
-def test_max_slant_reaches_the_training_images_only_and_keys_the_resume():
-    paper_tables = load_benchmark("paper_tables")
-    default = paper_tables.parse_args([])
-    slanted = paper_tables.parse_args(["--max-slant", "0.2"])
-    assert paper_tables.run_config(slanted, "full", 0).dataset_options["max_slant"] == 0.2
-    assert paper_tables.run_config(default, "full", 0).dataset_options["max_slant"] == 0.0
-    old = {k: v for k, v in paper_tables.settings(default).items() if k != "max_slant"}
-    old.update(variant="full", seed=0)
-    assert paper_tables.matching([old], default) == [old]
-    assert paper_tables.matching([old], slanted) == []
+    assert paper_tables.matching([old], plain) == [old]
+    assert paper_tables.matching([old], changed) == []
 
 
 def test_paired_settings_pairs_seeds_and_matches_every_setting(tmp_path, capsys):
