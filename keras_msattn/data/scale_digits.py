@@ -752,7 +752,7 @@ def generate(
     size_map = np.zeros((image_size, image_size), np.uint8)
     canvas = (image, label, size_map)
 
-    slant_rng = np.random.default_rng([*stream, _SLANT_STREAM])
+    slant_rng = np.random.default_rng([*stream, _SLANT_STREAM]) if max_slant else None
 
     def slant():
         return float(slant_rng.uniform(-max_slant, max_slant)) if max_slant else 0.0
